@@ -1,0 +1,73 @@
+"""Writing files so that a run killed half-way never leaves a truncated one, and the
+fingerprint cache that lets a rerun skip work already done."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` fills a temporary file beside ``path``; a rename makes it visible at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: object) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
+
+
+def write_parquet(path: Path, df: pl.DataFrame) -> None:
+    atomic_write(path, lambda tmp: df.write_parquet(tmp, statistics=False))
+
+
+class ShardCache:
+    """A folder of Parquet shards, one per saved chunk; rows with the same key in a later
+    shard win. ``compact`` folds them into one file once a run completes."""
+
+    def __init__(self, folder: Path, key: list[str], schema: dict):
+        self.folder, self.key, self.schema = folder, key, schema
+
+    def shards(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.parquet")) if self.folder.is_dir() else []
+
+    def load(self) -> pl.DataFrame:
+        frames = []
+        for shard in self.shards():
+            try:
+                frames.append(pl.read_parquet(shard).cast(self.schema))
+            except Exception:  # noqa: BLE001 - a damaged cache is only lost work, never an error
+                shard.unlink(missing_ok=True)
+        if not frames:
+            return pl.DataFrame(schema=self.schema)
+        return pl.concat(frames).unique(self.key, keep="last", maintain_order=True)
+
+    def save(self, df: pl.DataFrame) -> None:
+        shards = self.shards()
+        number = int(shards[-1].stem.split("-")[1]) + 1 if shards else 0
+        write_parquet(self.folder / f"part-{number:06d}.parquet", df)
+
+    def compact(self, df: pl.DataFrame) -> None:
+        """Replace every shard by one holding exactly ``df`` (the files that still exist)."""
+        merged = self.folder / "merged.parquet"
+        write_parquet(merged, df)
+        for shard in self.shards():
+            shard.unlink()
+        merged.rename(self.folder / "part-000000.parquet")

@@ -1,0 +1,85 @@
+"""The data engine in one visible place: scan -> fingerprint -> duplicates -> near-duplicate
+groups -> leakage -> labels -> split -> statistics, and the files it writes.
+
+``build`` is pure (tables in, table out); ``run`` is the thin shell around it that reads the
+disk, uses the cache and writes ``manifest.parquet``, ``stats.json`` and the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import polars as pl
+
+from pipeline import dedupe, split, stats
+from pipeline.fingerprint import FINGERPRINT_SCHEMA, KEY, fingerprint
+from pipeline.io import ShardCache, write_json, write_parquet
+from pipeline.scan import scan
+from runtime.progress import progress
+
+MANIFEST = "manifest.parquet"
+STATS = "stats.json"
+COLUMNS = [
+    "path", "label", "split", "status", "reason", "source", "hash", "size_bytes", "width", "height",
+    "format", "phash", "group", "group_size", "duplicate_of", "leak", "pixel_sum", "pixel_sumsq", "pixel_count",
+]
+
+
+@dataclass(frozen=True)
+class ManifestConfig:
+    val_fraction: float = 0.15
+    seed: int = 0
+    keep_leaks: bool = False
+    phash_max_distance: int = dedupe.PHASH_MAX_DISTANCE
+    thumb_max_difference: float = dedupe.THUMB_MAX_DIFFERENCE
+
+
+def class_list(df: pl.DataFrame) -> list[str]:
+    """Sorted names of the class folders holding at least one readable image; index = class id."""
+    return sorted(df.filter((pl.col("source") == "train") & (pl.col("status") == "ok"))["label"].unique().to_list())
+
+
+def build(files: pl.DataFrame, fingerprints: pl.DataFrame, config: ManifestConfig) -> tuple[pl.DataFrame, list[str]]:
+    """Scanned files + their fingerprints -> the manifest table and the class list."""
+    df = files.join(fingerprints.drop("size_bytes", "mtime_ns"), on="path", how="left")
+    classes = class_list(df)
+    df = dedupe.mark_exact_duplicates(df)
+    df = dedupe.group_near_duplicates(df, config.phash_max_distance, config.thumb_max_difference)
+    df = dedupe.mark_leaks(df, config.keep_leaks)
+    df = split.mark_unknown_labels(df, classes)
+    df = split.assign_split(df, config.val_fraction, config.seed)
+    return df.select(COLUMNS).sort("path"), classes
+
+
+def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | None = None, plots: bool = True) -> dict:
+    """Build and write the manifest; returns the statistics. Bad files become rows with a
+    status and one warning line each; nothing here stops on a bad file."""
+    files, empty = scan(data_root)
+    cache = ShardCache(out_dir / ".cache" / "fingerprints", KEY, FINGERPRINT_SCHEMA)
+    cached = cache.load()
+    fingerprints = fingerprint(
+        files, data_root, cached, cache.save, workers or min(8, (os.cpu_count() or 1) * 2),
+        progress=lambda it, total: progress(it, total, "fingerprinting"),
+    )
+    if len(fingerprints) != len(cached) or len(cache.shards()) > 1:
+        cache.compact(fingerprints)
+    df, classes = build(files, fingerprints, config)
+    summary = stats.summarise(df, classes, empty, {"data_root": str(data_root), **asdict(config)})
+    for problem in summary["problems"]:
+        print(f"warning: {problem['path']}: {problem['reason']} [{problem['status']}]", file=sys.stderr)
+    write_parquet(out_dir / MANIFEST, df)
+    write_json(out_dir / STATS, summary)
+    if plots:
+        from pipeline.plots import class_distribution
+
+        class_distribution(summary["counts"], classes, out_dir)
+    return summary
+
+
+def read(manifest: Path) -> tuple[pl.DataFrame, dict]:
+    """The manifest and the ``stats.json`` written beside it: what training and export read."""
+    return pl.read_parquet(manifest), json.loads((manifest.parent / STATS).read_text())

@@ -1,0 +1,86 @@
+"""Find the data set's files under DATA_ROOT: the first step, from paths to a table.
+
+The Kaggle archive comes in two nestings (``simpsons_dataset/<class>/`` and
+``simpsons_dataset/simpsons_dataset/<class>/``; the same for the test folder). A folder named
+like the data set is a nesting level, never a class.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+
+from runtime.labels import label_from_test_name
+
+TRAIN_DIR = "simpsons_dataset"
+TEST_DIR = "kaggle_simpson_testset"
+DATASET_DIRS = frozenset({TRAIN_DIR, TEST_DIR})
+
+SCAN_SCHEMA = {
+    "path": pl.String,
+    "source": pl.String,  # "train" (class folders) or "test" (kaggle_simpson_testset)
+    "label": pl.String,
+    "size_bytes": pl.Int64,
+    "mtime_ns": pl.Int64,
+}
+
+
+class LayoutError(ValueError):
+    """DATA_ROOT holds neither of the data set's layouts."""
+
+
+def nested(root: Path, name: str) -> list[Path]:
+    """``root/name`` and ``root/name/name``, those that exist."""
+    outer = root / name
+    return [d for d in (outer, outer / name) if d.is_dir()]
+
+
+def class_dirs(data_root: Path) -> list[Path]:
+    return sorted(
+        d for top in nested(data_root, TRAIN_DIR) for d in top.iterdir()
+        if d.is_dir() and d.name not in DATASET_DIRS and not d.name.startswith(".")
+    )
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _row(path: Path, data_root: Path, source: str, label: str | None) -> dict:
+    stat = path.stat()
+    return {
+        "path": path.relative_to(data_root).as_posix(),
+        "source": source,
+        "label": label,
+        "size_bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+
+
+def scan(data_root: Path) -> tuple[pl.DataFrame, list[str]]:
+    """One row per file found (images or not: bad files are reported, not ignored), sorted by
+    path, plus the class folders that hold no file."""
+    train_tops, test_tops = nested(data_root, TRAIN_DIR), nested(data_root, TEST_DIR)
+    if not data_root.is_dir():
+        raise LayoutError(f"{data_root}: no such folder")
+    if not train_tops and not test_tops:
+        raise LayoutError(f"{data_root}: holds neither {TRAIN_DIR}/ nor {TEST_DIR}/ (the Kaggle layout)")
+    rows, empty = [], []
+    for folder in class_dirs(data_root):
+        files = _files(folder)
+        if not files:
+            empty.append(folder.relative_to(data_root).as_posix())
+        rows += [_row(p, data_root, "train", folder.name) for p in files]
+    for top in test_tops:
+        rows += [
+            _row(p, data_root, "test", label_from_test_name(p))
+            for p in sorted(q for q in top.iterdir() if q.is_file())
+        ]
+    table = pl.DataFrame(rows, schema=SCAN_SCHEMA).unique("path", keep="first").sort("path")
+    return table, empty
+
+
+def absolute(data_root: Path, relative: str) -> str:
+    return os.path.join(data_root, relative)

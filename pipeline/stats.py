@@ -1,0 +1,66 @@
+"""Summaries of the manifest: normalisation statistics, counts, groups and problems."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+SPLITS = ("train", "val", "test")
+
+
+def channel_stats(df: pl.DataFrame) -> tuple[list[float], list[float]]:
+    """Per-channel RGB mean and std (0..1) over every pixel of the train split, from the
+    per-image sums: no pixels are held in memory."""
+    train = df.filter(pl.col("split") == "train")
+    n = int(train["pixel_count"].sum())
+    if n == 0:
+        return [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    sums = [sum(v[c] for v in train["pixel_sum"]) for c in range(3)]
+    squares = [sum(v[c] for v in train["pixel_sumsq"]) for c in range(3)]
+    mean = [s / n for s in sums]
+    std = [math.sqrt(max(q / n - m * m, 0.0)) for q, m in zip(squares, mean)]
+    return mean, std
+
+
+def counts(df: pl.DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:
+    """Images per split and class, zero-filled so every class appears."""
+    table = df.filter(pl.col("split").is_in(SPLITS)).group_by("split", "label").len()
+    out = {split: dict.fromkeys(classes, 0) for split in SPLITS}
+    for split, label, n in table.iter_rows():
+        out[split][label] = n
+    return out
+
+
+def groups_of(df: pl.DataFrame, column: str) -> list[list[str]]:
+    """Lists of paths that share ``column`` (only groups of two or more)."""
+    grouped = (
+        df.filter(pl.col(column).is_not_null())
+        .group_by(column)
+        .agg(pl.col("path").sort())
+        .filter(pl.col("path").list.len() > 1)
+        .sort(pl.col("path").list.first())
+    )
+    return grouped["path"].to_list()
+
+
+def summarise(df: pl.DataFrame, classes: list[str], empty_folders: list[str], config: dict) -> dict:
+    """Everything ``stats.json`` holds: the class list (index = class id) and how the data
+    engine judged every file."""
+    mean, std = channel_stats(df)
+    exact = df.filter(pl.col("duplicate_of").is_not_null()).with_columns(pl.col("duplicate_of").alias("_kept"))
+    exact = pl.concat([exact.select("path", "_kept"), exact.select(pl.col("_kept").alias("path"), "_kept")]).unique()
+    problems = df.filter(~pl.col("status").is_in(["ok", "duplicate", "leak"])).select("path", "status", "reason")
+    return {
+        "classes": classes,
+        "mean": mean,
+        "std": std,
+        "counts": counts(df, classes),
+        "totals": {s: int((df["split"] == s).sum()) for s in (*SPLITS, "excluded")},
+        "status": dict(sorted(df.group_by("status").len().iter_rows())),
+        "exact_duplicate_groups": groups_of(exact, "_kept"),
+        "near_duplicate_groups": groups_of(df.filter(pl.col("group_size") > 1), "group"),
+        "leaks": df.filter(pl.col("leak"))["path"].to_list(),
+        "problems": problems.to_dicts() + [{"path": p, "status": "empty_folder", "reason": "class folder holds no file"} for p in empty_folders],
+        "config": config,
+    }
