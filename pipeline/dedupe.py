@@ -90,7 +90,7 @@ def group_near_duplicates(
     """Add ``group`` (the first path of its near-duplicate group; exact duplicates join their
     kept file's group) and ``group_size``. Unreadable files have no group."""
     ok = df.filter(pl.col("status") == "ok").sort("path")
-    phash = ok["phash"].to_numpy().astype(np.uint64)
+    phash = ok["phash"].cast(pl.UInt64).to_numpy()
     thumbs = np.frombuffer(b"".join(ok["thumb"].to_list()), dtype=np.uint8).reshape(len(ok), THUMB_SIZE**2 * 3)
     pairs = verified(candidate_pairs(phash, max_distance), thumbs, max_difference)
     paths = ok["path"]

@@ -8,8 +8,9 @@ a rerun over unchanged files reads nothing but the cache.
 from __future__ import annotations
 
 import io
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from runtime.labels import is_image_name
 from runtime.preprocess import to_rgb
 
 STATS_MIN_SIZE = 128  # JPEGs decode at the smallest DCT scale keeping both sides >= this
-THUMB_SIZE = 16  # verification thumbnail, RGB
+THUMB_SIZE = 8  # verification thumbnail, RGB
 KEY = ["path", "size_bytes", "mtime_ns"]
 
 FINGERPRINT_SCHEMA = {
@@ -109,13 +110,25 @@ def fingerprint_file(root: Path, key: dict) -> dict:
     return {**key, **fingerprint_bytes(data, key["path"])}
 
 
+def _in_order(pool: ThreadPoolExecutor, root: Path, keys: list[dict], window: int) -> Iterator[dict]:
+    """Results in key order with at most ``window`` files in flight, so an interrupted run
+    stops at once instead of finishing every queued file."""
+    pending: deque[Future] = deque()
+    for key in keys:
+        pending.append(pool.submit(fingerprint_file, root, key))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def fingerprint(
     files: pl.DataFrame,
     root: Path,
     cached: pl.DataFrame,
     save_chunk: Callable[[pl.DataFrame], None],
     workers: int,
-    chunk_size: int = 512,
+    chunk_size: int = 256,
     progress: Callable[[Iterator, int], Iterator] = lambda it, total: it,
 ) -> pl.DataFrame:
     """Fingerprints for ``files`` (columns KEY): the cached rows whose key still matches, the
@@ -123,17 +136,18 @@ def fingerprint(
     killed half-way keeps its work."""
     hits = files.select(KEY).join(cached, on=KEY, how="inner") if len(cached) else cached.clear()
     todo = files.select(KEY).join(hits.select(KEY), on=KEY, how="anti").sort("path").to_dicts()
-    fresh = []
+    fresh, chunk = [], []
+
+    def save() -> None:
+        fresh.append(pl.DataFrame(chunk, schema=FINGERPRINT_SCHEMA))
+        save_chunk(fresh[-1])
+        chunk.clear()
+
     with ThreadPoolExecutor(workers) as pool:
-        computed = progress(pool.map(lambda key: fingerprint_file(root, key), todo), len(todo))
-        chunk = []
-        for row in computed:
+        for row in progress(_in_order(pool, root, todo, 4 * workers), len(todo)):
             chunk.append(row)
             if len(chunk) == chunk_size:
-                fresh.append(pl.DataFrame(chunk, schema=FINGERPRINT_SCHEMA))
-                save_chunk(fresh[-1])
-                chunk = []
+                save()
         if chunk:
-            fresh.append(pl.DataFrame(chunk, schema=FINGERPRINT_SCHEMA))
-            save_chunk(fresh[-1])
+            save()
     return pl.concat([hits.select(FINGERPRINT_SCHEMA.keys()).cast(FINGERPRINT_SCHEMA), *fresh]).sort("path")

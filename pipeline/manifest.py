@@ -23,6 +23,7 @@ from runtime.progress import progress
 
 MANIFEST = "manifest.parquet"
 STATS = "stats.json"
+CACHE_CHUNK = 256  # files fingerprinted between two cache saves
 COLUMNS = [
     "path", "label", "split", "status", "reason", "source", "hash", "size_bytes", "width", "height",
     "format", "phash", "group", "group_size", "duplicate_of", "leak", "pixel_sum", "pixel_sumsq", "pixel_count",
@@ -62,7 +63,7 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
     cache = ShardCache(out_dir / ".cache" / "fingerprints", KEY, FINGERPRINT_SCHEMA)
     cached = cache.load()
     fingerprints = fingerprint(
-        files, data_root, cached, cache.save, workers or min(8, (os.cpu_count() or 1) * 2),
+        files, data_root, cached, cache.save, workers or min(8, (os.cpu_count() or 1) * 2), CACHE_CHUNK,
         progress=lambda it, total: progress(it, total, "fingerprinting"),
     )
     if len(fingerprints) != len(cached) or len(cache.shards()) > 1:

@@ -1,0 +1,209 @@
+"""The data engine end to end through `simpsons manifest`, on generated images."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline import manifest as engine
+from pipeline import synth
+from pipeline.cli import main
+from pipeline.fingerprint import fingerprint_file
+from tests.conftest import frame, save
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def build(root: Path, out: Path, *extra: str) -> tuple[pl.DataFrame, dict]:
+    result = run_cli("manifest", str(root), "--out", str(out), *extra)
+    assert result.exit_code == 0, result.output
+    return engine.read(out / engine.MANIFEST)
+
+
+def test_both_nestings_and_no_dataset_class(dataset: Path, tmp_path: Path, rng: random.Random):
+    nested = dataset / "simpsons_dataset" / "simpsons_dataset" / "ralph_wiggum"
+    save(frame(rng, "ralph_wiggum"), nested / "pic_0000.jpg")
+    save(frame(rng, "ralph_wiggum"), nested / "pic_0001.png")
+    save(frame(rng), dataset / "kaggle_simpson_testset" / "kaggle_simpson_testset" / "agnes_skinner_99.JPG")
+    df, stats = build(dataset, tmp_path / "out")
+    assert "simpsons_dataset" not in stats["classes"]
+    assert "ralph_wiggum" in stats["classes"] and len(stats["classes"]) == 5
+    assert df.filter(pl.col("path").str.ends_with("pic_0001.png"))["status"].item() == "ok"
+    nested_test = df.filter(pl.col("path").str.ends_with("agnes_skinner_99.JPG"))
+    assert nested_test["split"].item() == "test" and nested_test["label"].item() == "agnes_skinner"
+
+
+def test_exact_duplicates_keep_one(dataset: Path, tmp_path: Path):
+    test_dir = dataset / "kaggle_simpson_testset"
+    shutil.copy(test_dir / "barney_gumble_1.jpg", test_dir / "barney_gumble_7.jpg")
+    df, stats = build(dataset, tmp_path / "out")
+    dups = df.filter(pl.col("status") == "duplicate")
+    assert set(dups["path"]) == {
+        "simpsons_dataset/abraham_grampa_simpson/pic_0012.jpg",
+        "kaggle_simpson_testset/barney_gumble_7.jpg",
+    }
+    assert set(dups["duplicate_of"]) == {
+        "simpsons_dataset/abraham_grampa_simpson/pic_0000.jpg",
+        "kaggle_simpson_testset/barney_gumble_1.jpg",
+    }
+    assert (dups["split"] == "excluded").all()
+    assert len(stats["exact_duplicate_groups"]) == 2
+
+
+def test_test_copies_leak_out_of_training_unless_kept(dataset: Path, tmp_path: Path):
+    df, stats = build(dataset, tmp_path / "out")
+    leaks = df.filter(pl.col("status") == "leak")
+    assert len(leaks) >= 4  # one downscaled test copy per class was planted
+    assert (leaks["split"] == "excluded").all() and leaks["leak"].all()
+    kept, _ = build(dataset, tmp_path / "kept", "--keep-leaks")
+    flagged = kept.filter(pl.col("leak"))
+    assert set(flagged["path"]) == set(leaks["path"])
+    assert set(flagged["split"]) <= {"train", "val"} and (flagged["status"] == "ok").all()
+
+
+def test_groups_never_straddle_splits_and_split_is_stratified(tmp_path: Path):
+    root = tmp_path / "data"
+    synth.write_dataset(root, classes=3, per_class=60, test_per_class=2, seed=5, size=(96, 72))
+    df, stats = build(root, tmp_path / "out")
+    pool = df.filter(pl.col("split").is_in(["train", "val"]))
+    straddling = pool.group_by("group").agg(pl.col("split").n_unique()).filter(pl.col("split") > 1)
+    assert straddling.is_empty()
+    for label in stats["classes"]:
+        val = stats["counts"]["val"][label]
+        total = val + stats["counts"]["train"][label]
+        assert val >= 1 and abs(val / total - 0.15) < 0.06, (label, val, total)
+
+
+def test_same_inputs_give_a_byte_identical_manifest(dataset: Path, tmp_path: Path):
+    build(dataset, tmp_path / "a", "--workers", "1")
+    build(dataset, tmp_path / "a")  # from the cache
+    build(dataset, tmp_path / "b", "--workers", "4")
+    first = (tmp_path / "a" / "manifest.parquet").read_bytes()
+    assert first == (tmp_path / "b" / "manifest.parquet").read_bytes()
+    other_seed, _ = build(dataset, tmp_path / "c", "--seed", "9")
+    assert not other_seed.equals(pl.read_parquet(tmp_path / "a" / "manifest.parquet"))
+
+
+def test_mean_std_match_numpy_over_the_train_split(dataset: Path, tmp_path: Path):
+    df, stats = build(dataset, tmp_path / "out")
+    pixels = np.concatenate([
+        np.asarray(Image.open(dataset / p).convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255
+        for p in df.filter(pl.col("split") == "train")["path"]
+    ])
+    np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0), atol=1e-9)
+    np.testing.assert_allclose(stats["std"], pixels.std(axis=0), atol=1e-9)
+
+
+def test_bad_inputs_get_a_status_and_the_rest_is_processed(dataset: Path, tmp_path: Path, rng: random.Random):
+    folder = dataset / "simpsons_dataset" / "agnes_skinner"
+    (folder / ".DS_Store").write_bytes(b"\x00\x01binary")
+    (folder / "text.jpg").write_text("this is not a jpeg")
+    (folder / "empty.jpg").write_bytes(b"")
+    save(frame(rng).convert("RGBA"), folder / "alpha.png")
+    save(frame(rng).convert("L"), folder / "grey.jpg")
+    save(frame(rng).convert("CMYK"), folder / "cmyk.jpg")
+    rotated = frame(rng, size=(64, 40))
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    save(rotated, folder / "rotated.jpg", exif=exif)
+    (dataset / "simpsons_dataset" / "gil").mkdir()
+    result = CliRunner().invoke(main, ["manifest", str(dataset), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0
+    df, stats = engine.read(tmp_path / "out" / "manifest.parquet")
+    status = dict(zip(df["path"].str.split("/").list.last(), df["status"]))
+    assert status["notes.txt"] == status[".DS_Store"] == status["text.jpg"] == status["empty.jpg"] == "not_image"
+    assert status["pic_0013.jpg"] == "corrupt"  # the planted truncated JPEG
+    assert status["alpha.png"] == status["grey.jpg"] == status["cmyk.jpg"] == status["rotated.jpg"] == "ok"
+    row = df.filter(pl.col("path").str.ends_with("rotated.jpg"))
+    assert (row["width"].item(), row["height"].item()) == (40, 64)
+    assert "gil" not in stats["classes"]
+    problems = {p["path"].split("/")[-1]: p["status"] for p in stats["problems"]}
+    assert problems["gil"] == "empty_folder" and problems["text.jpg"] == "not_image"
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert any("text.jpg" in w and "cannot identify" in w for w in warnings)
+    assert "Traceback" not in result.output
+    assert (df["status"] == "ok").sum() > 50
+
+
+def test_a_file_vanishing_mid_run_is_unreadable(tmp_path: Path):
+    row = fingerprint_file(tmp_path, {"path": "gone.jpg", "size_bytes": 1, "mtime_ns": 0})
+    assert row["status"] == "unreadable" and "cannot read" in row["reason"]
+
+
+@pytest.mark.parametrize("make_root", [lambda p: p / "missing", lambda p: p])
+def test_bad_data_root_is_one_clear_line(tmp_path: Path, make_root):
+    result = CliRunner().invoke(main, ["manifest", str(make_root(tmp_path)), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("simpsons: error:")
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_rerun_reuses_cached_work_even_after_a_crash(dataset: Path, tmp_path: Path, monkeypatch):
+    import pipeline.fingerprint as fp
+
+    calls = []
+    real = fp.fingerprint_bytes
+    monkeypatch.setattr(fp, "fingerprint_bytes", lambda data, name: calls.append(name) or real(data, name))
+    out = tmp_path / "out"
+
+    def crash_after(items, total, desc, n=20):
+        for i, item in enumerate(items):
+            if i == n:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(engine, "CACHE_CHUNK", 8)
+    monkeypatch.setattr(engine, "progress", crash_after)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(dataset, out, engine.ManifestConfig(), workers=2, plots=False)
+    assert not (out / "manifest.parquet").exists()
+    first = len(calls)
+    monkeypatch.setattr(engine, "progress", lambda it, total, desc: it)
+    engine.run(dataset, out, engine.ManifestConfig(), workers=2, plots=False)
+    total = sum(p.is_file() for p in dataset.rglob("*"))
+    assert len(calls) - first == total - 16  # the two chunks saved before the crash were kept
+    calls.clear()
+    (dataset / "simpsons_dataset" / "barney_gumble" / "pic_0003.jpg").write_bytes(
+        (dataset / "simpsons_dataset" / "barney_gumble" / "pic_0004.jpg").read_bytes()
+    )
+    engine.run(dataset, out, engine.ManifestConfig(), workers=1, plots=False)
+    assert calls == ["simpsons_dataset/barney_gumble/pic_0003.jpg"]
+
+
+def test_writes_stats_and_plots(dataset: Path, tmp_path: Path):
+    build(dataset, tmp_path / "out")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["classes"] == sorted(stats["classes"]) and len(stats["mean"]) == len(stats["std"]) == 3
+    for name in ("classes_trainval.png", "classes_test.png"):
+        assert Image.open(tmp_path / "out" / name).format == "PNG"
+
+
+def test_near_duplicate_detection_finds_copies_and_keeps_distinct_frames_apart():
+    """The issue's targets: >= 95% of 1/3-scale JPEG-75 copies found, <= 1% of distinct frames
+    wrongly merged, measured on 300 varied cartoon frames."""
+    from pipeline.dedupe import group_near_duplicates
+    from pipeline.fingerprint import fingerprint_bytes
+
+    looks, rng, rows = synth.class_looks(), random.Random(11), []
+    for i in range(300):
+        img = synth.draw_frame(looks[synth.CLASSES[i % 42]], rng, (192, 144))
+        for kind, data in (("frame", synth.jpeg(img)), ("copy", synth.downscaled_copy(img, 1 / 3, quality=75))):
+            rows.append({"path": f"{kind}/{i:03d}.jpg", "source": "train", "duplicate_of": None,
+                         **fingerprint_bytes(data, f"{i}.jpg")})
+    df = group_near_duplicates(pl.DataFrame(rows))
+    group = dict(zip(df["path"], df["group"]))
+    found = np.mean([group[f"frame/{i:03d}.jpg"] == group[f"copy/{i:03d}.jpg"] for i in range(300)])
+    frame_groups = [group[f"frame/{i:03d}.jpg"] for i in range(300)]
+    merged = 1 - len(set(frame_groups)) / 300
+    assert found >= 0.95, found
+    assert merged <= 0.01, merged
