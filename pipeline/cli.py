@@ -54,5 +54,86 @@ def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, kee
     click.echo(f"wrote {out_dir / engine.MANIFEST} and {out_dir / engine.STATS}", err=True)
 
 
+def _train_config(options: dict):
+    from pipeline.train import TrainConfig
+
+    return TrainConfig(**{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()})
+
+
+@main.command()
+@click.option("--manifest", type=click.Path(path_type=Path), default=Path("out/data/manifest.parquet"))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/run"), help="run folder: checkpoints, TensorBoard logs, config.json")
+@click.option("--arch", default="resnet50", help="any torchvision classifier: resnet18/34/50/101, efficientnet_b0, convnext_tiny, ...")
+@click.option("--weights", default="imagenet", help="imagenet (downloaded), none, or a local state-dict file")
+@click.option("--image-size", type=click.IntRange(16), default=224)
+@click.option("--crop-fraction", type=click.FloatRange(0.5, 1.0), default=0.875, help="eval: resize to size/fraction, centre-crop size")
+@click.option("--epochs", type=click.IntRange(1), default=12)
+@click.option("--batch-size", type=click.IntRange(1), default=64, help="per process")
+@click.option("--lr", type=float, default=1e-3)
+@click.option("--weight-decay", type=float, default=0.05)
+@click.option("--warmup-epochs", type=click.FloatRange(0), default=1.0)
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.1)
+@click.option("--balance", type=click.Choice(["sampler", "loss", "none"]), default="sampler", help="class imbalance: weighted sampling, loss weights, or nothing")
+@click.option("--freeze-epochs", type=click.IntRange(0), default=0, help="train only the head for this many epochs first")
+@click.option("--downscale", type=click.FloatRange(1.0), default=4.0, help="random down-scaling up to this factor (test images are ~3x smaller)")
+@click.option("--patience", type=click.IntRange(1), default=5, help="early stopping: epochs without a better val macro-F1")
+@click.option("--workers", type=int, default=-1, help="data-loader processes (-1: one per core, at most 8)")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", help="mixed precision on CUDA")
+@click.option("--compile", is_flag=True, help="torch.compile the model")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--seed", type=int, default=0)
+@click.option("--data-root", default=None, help="where the manifest's paths live (default: as recorded in stats.json)")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None, help="continue RUN_DIR exactly from its last.pt and config.json (other options ignored)")
+def train(resume_dir: Path | None, **options) -> None:
+    """Fine-tune a classifier on the manifest's train split, selecting on val macro-F1."""
+    try:
+        from pipeline import train as trainer
+        from pipeline.model import WeightsError
+    except ImportError as e:
+        raise UserError(f"training needs the [train] extra ({e.name} is missing): pip install '.[train]'") from None
+
+    if resume_dir is not None:
+        if not (resume_dir / "last.pt").is_file() or not (resume_dir / "config.json").is_file():
+            raise UserError(f"{resume_dir}: nothing to resume (needs last.pt and config.json)")
+        config = trainer.TrainConfig.load(resume_dir / "config.json")
+    else:
+        config = _train_config(options)
+        if not Path(config.manifest).is_file():
+            raise UserError(f"{config.manifest}: manifest not found (run `simpsons manifest DATA_ROOT` first)")
+    try:
+        best = trainer.train(config, resume=resume_dir is not None)
+    except (WeightsError, ValueError, FileNotFoundError, RuntimeError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    click.echo(f"best val macro-F1 {best['f1']:.4f} at epoch {best['epoch'] + 1}; checkpoints in {config.out}", err=True)
+
+
+@main.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=Path("out/run/best.pt"))
+@click.option("--manifest", type=click.Path(path_type=Path), default=Path("out/data/manifest.parquet"))
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/eval"))
+@click.option("--tta", is_flag=True, help="average with the horizontally flipped image")
+@click.option("--batch-size", type=click.IntRange(1), default=64)
+@click.option("--workers", type=click.IntRange(0), default=2)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--data-root", default=None)
+def evaluate(checkpoint: Path, manifest: Path, split: str, out: Path, tta: bool, batch_size: int, workers: int, device: str, data_root: str | None) -> None:
+    """Per-class precision/recall/F1, confusion matrix and a picture grid for one split."""
+    try:
+        from pipeline.evaluate import evaluate_checkpoint
+        from pipeline.model import WeightsError
+        from runtime.metrics import report_table
+    except ImportError as e:
+        raise UserError(f"evaluation needs the [train] extra ({e.name} is missing): pip install '.[train]'") from None
+    if not manifest.is_file():
+        raise UserError(f"{manifest}: manifest not found")
+    try:
+        report = evaluate_checkpoint(checkpoint, manifest, split, out, tta, batch_size, workers, device, data_root)
+    except (WeightsError, ValueError, RuntimeError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    click.echo(report_table(report))
+    click.echo(f"wrote report.json, report.md, confusion.png, predictions.png, predictions.csv to {out}", err=True)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,56 @@
+"""Training and evaluation transforms, kept apart as in torchvision's classification references.
+
+The eval transform is the runtime's ``preprocess`` wrapped in a tensor: training, export and
+``simpsons-infer`` cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+from runtime.metadata import Preprocessing
+from runtime.preprocess import load_image, preprocess
+
+
+class RandomDownscale:
+    """Shrink by a random factor, sometimes: the Kaggle test images are ~3x smaller than the
+    training frames, so the model must also learn from blurry, low-resolution copies."""
+
+    def __init__(self, max_factor: float = 4.0, p: float = 0.5):
+        self.max_factor, self.p = max_factor, p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if random.random() >= self.p:
+            return img
+        factor = random.uniform(1.0, self.max_factor)
+        size = (max(8, round(img.width / factor)), max(8, round(img.height / factor)))
+        return img.resize(size, Image.Resampling.BILINEAR)
+
+
+class TrainPreset:
+    def __init__(self, pre: Preprocessing, downscale: float = 4.0):
+        self.draft = 2 * pre.image_size  # decode JPEGs no larger than the crops need
+        self.transform = T.Compose([
+            RandomDownscale(downscale),
+            T.RandomResizedCrop(pre.image_size, scale=(0.35, 1.0), antialias=True),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.02),
+            T.PILToTensor(),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(pre.mean, pre.std),
+        ])
+
+    def __call__(self, path: str) -> torch.Tensor:
+        return self.transform(load_image(path, min_size=self.draft))
+
+
+class EvalPreset:
+    def __init__(self, pre: Preprocessing):
+        self.pre = pre
+
+    def __call__(self, path: str) -> torch.Tensor:
+        return torch.from_numpy(preprocess(path, self.pre))
