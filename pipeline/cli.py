@@ -135,5 +135,28 @@ def evaluate(checkpoint: Path, manifest: Path, split: str, out: Path, tta: bool,
     click.echo(f"wrote report.json, report.md, confusion.png, predictions.png, predictions.csv to {out}", err=True)
 
 
+@main.command(name="export")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=Path("out/run/best.pt"))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/model.onnx"))
+@click.option("--manifest", type=click.Path(path_type=Path), default=None, help="for verification and calibration images (default: the training manifest)")
+@click.option("--int8", is_flag=True, help="also write a static-quantised int8 model (CPU)")
+@click.option("--fp16", is_flag=True, help="also write a float16 model (GPU)")
+@click.option("--tolerance", type=float, default=1e-3, help="max |logit difference| to PyTorch")
+@click.option("--eval-images", type=click.IntRange(1), default=2000, help="val images used to score each variant")
+@click.option("--calibration-images", type=click.IntRange(1), default=128, help="train images for int8 calibration")
+def export_command(checkpoint: Path, out: Path, manifest: Path | None, int8: bool, fp16: bool, tolerance: float, eval_images: int, calibration_images: int) -> None:
+    """Export a checkpoint to ONNX with its metadata, verify it, and add int8/fp16 variants."""
+    try:
+        from export.onnx_export import ExportError, export
+        from pipeline.model import WeightsError
+    except ImportError as e:
+        raise UserError(f"export needs the [train] extra ({e.name} is missing): pip install '.[train]'") from None
+    try:
+        report = export(checkpoint, out, manifest, int8, fp16, tolerance, eval_images=eval_images, calibration_images=calibration_images)
+    except (ExportError, WeightsError) as e:
+        raise UserError(str(e)) from None
+    click.echo(f"wrote {', '.join(v['file'] for v in report['variants'].values())} and {out.with_suffix('.report.json').name} in {out.parent}", err=True)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,21 +15,11 @@ import torch
 
 from pipeline import data, figures, manifest as manifest_io
 from pipeline.io import atomic_write, write_json
-from pipeline.model import load_checkpoint
+from pipeline.model import checkpoint_preprocessing, load_checkpoint
 from pipeline.presets import EvalPreset
 from pipeline.train import pick_device, predict
-from runtime.metadata import Preprocessing
 from runtime.metrics import classification_report, report_table
 from runtime.preprocess import load_image
-
-
-def checkpoint_preprocessing(ckpt: dict) -> Preprocessing:
-    return Preprocessing(
-        image_size=int(ckpt["image_size"]),
-        resize_size=int(ckpt.get("resize_size", ckpt["image_size"])),
-        mean=tuple(ckpt["mean"]),
-        std=tuple(ckpt["std"]),
-    )
 
 
 def grid_sample(true: list[str], pred: list[str], size: int, seed: int = 0) -> list[int]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runtime.metadata import Preprocessing
+
 
 class WeightsError(RuntimeError):
     """Pretrained weights could not be had; the message says what to do instead."""
@@ -89,3 +91,13 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
         raise WeightsError(f"{path}: cannot load checkpoint ({str(e).splitlines()[0][:120]})") from None
     return model.eval(), ckpt
+
+
+def checkpoint_preprocessing(ckpt: dict) -> Preprocessing:
+    """The eval preprocessing a checkpoint was trained with."""
+    return Preprocessing(
+        image_size=int(ckpt["image_size"]),
+        resize_size=int(ckpt.get("resize_size", ckpt["image_size"])),
+        mean=tuple(ckpt["mean"]),
+        std=tuple(ckpt["std"]),
+    )

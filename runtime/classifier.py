@@ -7,6 +7,7 @@ itself, so a caller hands it pictures and gets labels back.
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,8 +47,19 @@ class Result:
 def _import_onnxruntime():
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)  # provider load failures are reported by us, once
+    ort.set_default_logger_severity(4)  # provider load failures are reported by us, in one line
     return ort
+
+
+def nvidia_driver() -> bool:
+    """Whether the NVIDIA driver library loads: without it the CUDA provider cannot."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1" if sys.platform != "win32" else "nvcuda.dll")
+        return True
+    except OSError:
+        return False
 
 
 def _session(path: Path, device: str, threads: int | None):
@@ -61,6 +73,9 @@ def _session(path: Path, device: str, threads: int | None):
     want_cuda = device in ("cuda", "auto") and "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not want_cuda:
         raise DeviceError("--device cuda: this onnxruntime build has no CUDA provider (install onnxruntime-gpu)")
+    if device == "cuda" and not nvidia_driver():
+        raise DeviceError("--device cuda: no NVIDIA driver on this machine (libcuda not found); use --device cpu or auto")
+    want_cuda = want_cuda and nvidia_driver()
     if want_cuda and hasattr(ort, "preload_dlls"):
         try:  # CUDA/cuDNN from the nvidia-* wheels torch installs, when present
             ort.preload_dlls(directory="")
@@ -103,10 +118,14 @@ class Classifier:
         self.classes: tuple[str, ...] = self.info.classes
         self.workers = threads or min(8, os.cpu_count() or 1)
 
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed float32 NCHW batch -> raw scores (N x classes), float32."""
+        (logits,) = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        return logits.astype(np.float32)
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed float32 NCHW batch -> class probabilities (N x classes)."""
-        (logits,) = self.session.run(None, {INPUT_NAME: batch})
-        return softmax(logits.astype(np.float32))
+        return softmax(self.logits(batch))
 
     def _prediction(self, probs: np.ndarray, top_k: int) -> Prediction:
         order = np.argsort(-probs, kind="stable")[: max(1, top_k)]

@@ -1,0 +1,198 @@
+"""Checkpoint -> self-describing ONNX, verified against PyTorch, plus int8 and fp16 variants.
+
+The file carries everything a consumer needs (classes, normalisation, resize rule,
+architecture, config hash: see ``runtime.metadata``). Verification and the variants' accuracy
+use the runtime's own ``Classifier`` and ``preprocess``, i.e. exactly what users will run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline import data, manifest as manifest_io
+from pipeline.io import atomic_write, write_json
+from pipeline.model import checkpoint_preprocessing, load_checkpoint
+from runtime.classifier import Classifier
+from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo, Preprocessing, encode
+from runtime.metrics import classification_report
+from runtime.preprocess import preprocess
+
+OPSET = 18
+TOLERANCE = 1e-3  # max |logit difference| between onnxruntime fp32 and PyTorch
+
+
+class ExportError(RuntimeError):
+    """Export or verification failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Images:
+    """Preprocessed images of one split with their labels, as the runtime preprocesses them."""
+
+    arrays: np.ndarray
+    labels: list[str]
+
+
+def load_images(manifest: Path, split: str, classes: list[str], pre: Preprocessing, limit: int, seed: int = 0) -> Images:
+    """Up to ``limit`` usable images of ``split`` (a seeded sample when there are more)."""
+    table, stats = manifest_io.read(manifest)
+    rows = data.split_rows(table, split).filter(pl.col("label").is_in(classes))
+    if len(rows) > limit:
+        rows = rows.sample(limit, seed=seed).sort("path")
+    if not len(rows):
+        raise ExportError(f"{manifest}: no usable {split} images to verify or calibrate with")
+    root = Path(stats["config"]["data_root"])
+    return Images(np.stack([preprocess(root / p, pre) for p in rows["path"]]), rows["label"].to_list())
+
+
+def write_metadata(path: Path, info: ModelInfo) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in encode(info).items():
+        model.metadata_props.add(key=key, value=value)
+    model.doc_string = (
+        f"Simpsons character classifier ({info.arch}, {len(info.classes)} classes). Input "
+        f"'{INPUT_NAME}': float32 [N,3,{info.preprocessing.image_size},{info.preprocessing.image_size}], "
+        f"{info.preprocessing.describe()}. Output '{OUTPUT_NAME}': float32 [N,{len(info.classes)}] logits."
+    )
+    atomic_write(path, lambda tmp: onnx.save(model, str(tmp)))
+
+
+def to_onnx(model, pre: Preprocessing, path: Path, opset: int = OPSET) -> None:
+    """TorchScript-based exporter: a single file, a dynamic batch axis, constants folded."""
+    import torch
+
+    dummy = torch.randn(2, 3, pre.image_size, pre.image_size)
+
+    def write(tmp: Path) -> None:
+        torch.onnx.export(
+            model.eval(), (dummy,), str(tmp), dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+
+    atomic_write(path, write)
+
+
+def verify(model, path: Path, images: Images, tolerance: float) -> dict:
+    """onnx.checker, then onnxruntime (via the runtime's Classifier) against PyTorch."""
+    import onnx
+    import torch
+
+    onnx.checker.check_model(str(path), full_check=True)
+    clf = Classifier(path, device="cpu")
+    with torch.inference_mode():
+        expected = torch.cat([model(torch.from_numpy(b)) for b in np.array_split(images.arrays, max(1, len(images.arrays) // 32))]).numpy()
+    got = np.concatenate([clf.logits(b) for b in np.array_split(images.arrays, max(1, len(images.arrays) // 32))])
+    result = {
+        "images": len(images.arrays),
+        "max_abs_logit_diff": float(np.abs(expected - got).max()),
+        "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
+        "tolerance": tolerance,
+    }
+    if result["top1_agreement"] < 1.0 or result["max_abs_logit_diff"] > tolerance:
+        raise ExportError(
+            f"{path}: onnxruntime disagrees with PyTorch (top-1 agreement {result['top1_agreement']:.4f}, "
+            f"max |logit diff| {result['max_abs_logit_diff']:.2e} > {tolerance:.0e})"
+        )
+    return result
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
+    """Static QDQ quantisation, per-channel int8 weights, after onnxruntime's pre-processing
+    (shape inference and graph optimisation that quantisation expects)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 16)))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        atomic_write(out, lambda dest: quantize_static(
+            str(prepared), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        ))
+
+
+def convert_fp16(fp32: Path, out: Path) -> None:
+    """Half-precision weights and compute for GPUs; inputs and outputs stay float32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    atomic_write(out, lambda tmp: onnx.save(model, str(tmp)))
+
+
+def score(path: Path, images: Images, classes: list[str], reference: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    clf = Classifier(path, device="cpu")
+    predicted = np.concatenate([clf.logits(b).argmax(1) for b in np.array_split(images.arrays, max(1, len(images.arrays) // 32))])
+    report = classification_report(images.labels, [classes[i] for i in predicted], classes)
+    result = {"file": path.name, "size_mb": round(path.stat().st_size / 2**20, 2),
+              "accuracy": report["accuracy"], "macro_f1": report["macro avg"]["f1"]}
+    if reference is not None:
+        result["top1_agreement_with_fp32"] = float((predicted == reference).mean())
+    return result, predicted
+
+
+def export(
+    checkpoint: Path, out: Path, manifest: Path | None = None, int8: bool = False, fp16: bool = False,
+    tolerance: float = TOLERANCE, verify_images: int = 64, calibration_images: int = 128, eval_images: int = 2000,
+    opset: int = OPSET,
+) -> dict:
+    """Write ``out`` (+ ``.int8.onnx`` / ``.fp16.onnx``) and ``<out>.report.json``; returns the report."""
+    model, ckpt = load_checkpoint(checkpoint)
+    pre, classes = checkpoint_preprocessing(ckpt), list(ckpt["classes"])
+    manifest = manifest or Path(ckpt["config"]["manifest"])
+    if not manifest.is_file():
+        raise ExportError(f"{manifest}: manifest not found (pass --manifest); export verifies on its val images")
+    info = ModelInfo(classes=tuple(classes), preprocessing=pre, arch=ckpt["arch"], config_hash=ckpt.get("config_hash", ""))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as e:
+        raise ExportError(f"{out}: cannot write there ({e.strerror or e})") from None
+
+    to_onnx(model, pre, out, opset)
+    write_metadata(out, info)
+    val = load_images(manifest, "val", classes, pre, eval_images)
+    report = {"checkpoint": str(checkpoint), "opset": opset,
+              "verification": verify(model, out, Images(val.arrays[:verify_images], val.labels[:verify_images]), tolerance)}
+    fp32_score, fp32_pred = score(out, val, classes)
+    report["variants"] = {"fp32": fp32_score}
+    print(f"fp32: {out} verified on {report['verification']['images']} val images: top-1 agreement "
+          f"{report['verification']['top1_agreement']:.2%}, max |logit diff| {report['verification']['max_abs_logit_diff']:.2e}",
+          file=sys.stderr)
+    variants = []
+    if int8:
+        calibration = load_images(manifest, "train", classes, pre, calibration_images, seed=1).arrays
+        variants.append(("int8", lambda p: quantize_int8(out, p, calibration)))
+    if fp16:
+        variants.append(("fp16", lambda p: convert_fp16(out, p)))
+    for name, make in variants:
+        path = out.with_suffix(f".{name}.onnx")
+        make(path)
+        write_metadata(path, info)
+        report["variants"][name], _ = score(path, val, classes, fp32_pred)
+        v = report["variants"][name]
+        print(f"{name}: {path}: accuracy {v['accuracy']:.4f} (fp32 {fp32_score['accuracy']:.4f}), macro-F1 "
+              f"{v['macro_f1']:.4f} (fp32 {fp32_score['macro_f1']:.4f}), agreement with fp32 "
+              f"{v['top1_agreement_with_fp32']:.2%}", file=sys.stderr)
+    report["eval_images"] = len(val.labels)
+    write_json(out.with_suffix(".report.json"), report)
+    return report
