@@ -68,16 +68,17 @@ def write_metadata(path: Path, info: ModelInfo) -> None:
 
 
 def to_onnx(model, pre: Preprocessing, path: Path, opset: int = OPSET) -> None:
-    """TorchScript-based exporter: a single file, a dynamic batch axis, constants folded."""
+    """torch.export-based exporter: one self-contained file (no external data), a dynamic
+    batch axis, the graph optimised by onnxscript."""
     import torch
 
     dummy = torch.randn(2, 3, pre.image_size, pre.image_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
 
     def write(tmp: Path) -> None:
         torch.onnx.export(
-            model.eval(), (dummy,), str(tmp), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            model.eval(), (dummy,), str(tmp), dynamo=True, opset_version=opset, external_data=False,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), verbose=False,
         )
 
     atomic_write(path, write)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,7 +25,13 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``key`` is an index, or (index, seed) from ``EpochSampler``: seeding each sample
+        makes augmentation independent of worker count and of persistent workers' history."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None:
+            random.seed(seed)
+            torch.manual_seed(seed)
         return self.transform(self.paths[i]), self.targets[i]
 
 
@@ -39,12 +46,13 @@ def class_weights(targets: list[int], num_classes: int) -> torch.Tensor:
     return weights * (counts > 0).sum() / weights.sum()
 
 
-class EpochSampler(Sampler[int]):
-    """Shuffled or class-balanced indices, seeded by (seed, epoch), sharded across ranks.
+class EpochSampler(Sampler[tuple[int, int]]):
+    """(index, sample seed) pairs: shuffled or class-balanced, seeded by (seed, epoch), sharded
+    across ranks.
 
-    Seeding by epoch makes an epoch's order a pure function of its number, which is what lets
-    ``--resume`` continue exactly; sharding replaces DistributedSampler, so balanced sampling
-    works under DDP too.
+    Seeding by epoch makes an epoch's order and augmentations a pure function of its number,
+    which is what lets ``--resume`` continue exactly; sharding replaces DistributedSampler, so
+    balanced sampling works under DDP too.
     """
 
     def __init__(self, targets: list[int], num_classes: int, balanced: bool, seed: int, rank: int = 0, world: int = 1):
@@ -55,14 +63,16 @@ class EpochSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         total = self.per_rank * self.world
         if self.weights is not None:
             order = torch.multinomial(self.weights, total, replacement=True, generator=g)
         else:
             order = torch.randperm(self.n, generator=g).repeat(math.ceil(total / max(self.n, 1)))[:total]
-        return iter(order[self.rank :: self.world].tolist())
+        seeds = torch.randint(0, 2**62, (total,), generator=g)
+        mine = slice(self.rank, None, self.world)
+        return iter(zip(order[mine].tolist(), seeds[mine].tolist()))
 
     def __len__(self) -> int:
         return self.per_rank

@@ -260,14 +260,14 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     dtype = amp_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-    start_epoch, best, stale = 0, {"f1": -1.0, "epoch": -1}, 0
+    start_epoch, best, stale, history = 0, {"f1": -1.0, "epoch": -1}, 0, []
     if resume:
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
+        start_epoch, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
     if config.compile:
@@ -299,12 +299,15 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         if rank == 0:
             lr = scheduler.get_last_lr()[-1]
             log_epoch(writer, epoch, loss, speed, report, lr, classes)
-            metrics = {"val_macro_f1": f1, "val_accuracy": report["accuracy"], "val_loss": report["loss"], "train_loss": loss}
+            metrics = {"epoch": epoch + 1, "train_loss": loss, "val_loss": report["loss"], "val_accuracy": report["accuracy"],
+                       "val_macro_f1": f1, "lr": lr, "train_images_per_s": speed}
+            history.append(metrics)
+            write_json(out / "history.json", history)
             ckpt = checkpoint(model, config, classes, pre, epoch, metrics)
             if improved:
                 save(ckpt, out / "best.pt")
             save({**ckpt, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                  "scaler": scaler.state_dict(), "best": best, "stale": stale}, out / "last.pt")
+                  "scaler": scaler.state_dict(), "best": best, "stale": stale, "history": history}, out / "last.pt")
             print(f"epoch {epoch + 1}: train loss {loss:.3f}, val loss {report['loss']:.3f}, val acc "
                   f"{report['accuracy']:.3f}, val macro-F1 {f1:.3f}{' (best)' if improved else ''}, "
                   f"{speed:.0f} img/s", file=sys.stderr)

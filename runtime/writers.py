@@ -107,8 +107,8 @@ class ParquetWriter:
 class TableWriter:
     """Aligned columns on stdout, one line per file as it is classified."""
 
-    def __init__(self, top_k: int, stream: IO[str] = sys.stdout):
-        self.top_k, self.stream = top_k, stream
+    def __init__(self, top_k: int, stream: IO[str] | None = None):
+        self.top_k, self.stream = top_k, stream or sys.stdout
         self.stream.write(f"{'label':<28} {'conf':>6}  {'path'}\n")
 
     def write(self, row: dict) -> None:
