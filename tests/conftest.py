@@ -46,13 +46,37 @@ def invoke(*args: str):
 TINY = ("--arch", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "16", "--workers", "0")
 
 
+EASY_CLASSES = ("abraham_grampa_simpson", "agnes_skinner", "apu_nahasapeemapetilon")
+EASY_COLOURS = ((220, 40, 40), (40, 160, 70), (30, 90, 200))
+
+
+def easy_dataset(root: Path, per_class: int = 30, test_per_class: int = 4, seed: int = 1) -> Path:
+    """An easy set in the Kaggle layout: each class a dominant colour under random clutter,
+    so a tiny model trained for a few steps must get it right."""
+    from PIL import ImageDraw
+
+    rng = random.Random(seed)
+    for label, colour in zip(EASY_CLASSES, EASY_COLOURS):
+        for i in range(per_class + test_per_class):
+            shade = tuple(min(255, max(0, c + rng.randint(-40, 40))) for c in colour)
+            img = Image.new("RGB", (96, 72), shade)
+            draw = ImageDraw.Draw(img)
+            for _ in range(3):
+                x, y = rng.randrange(96), rng.randrange(72)
+                draw.rectangle((x, y, x + rng.randint(5, 20), y + rng.randint(5, 20)), fill=rng.choice(synth.PALETTE[6:]))
+            if i < per_class:
+                save(img, root / "simpsons_dataset" / label / f"pic_{i:04d}.jpg", quality=90)
+            else:
+                save(img.resize((32, 24)), root / "kaggle_simpson_testset" / f"{label}_{i - per_class}.jpg", quality=75)
+    return root
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> dict[str, Path]:
-    """synth -> manifest -> train (resnet18, 32 px, 3 epochs) -> export fp32 + int8: shared by
-    the training, export and runtime tests, built once."""
+    """easy data -> manifest -> train (resnet18, 32 px, 3 epochs) -> export fp32 + int8: shared
+    by the training, export and runtime tests, built once."""
     base = tmp_path_factory.mktemp("pipeline")
-    data, out = base / "data", base / "out"
-    synth.write_dataset(data, classes=3, per_class=30, test_per_class=4, seed=1, size=(96, 72))
+    data, out = easy_dataset(base / "data"), base / "out"
     steps = [
         ("manifest", data, "--out", out / "data"),
         ("train", "--manifest", out / "data" / "manifest.parquet", "--out", out / "run", *TINY, "--epochs", "3", "--lr", "3e-3"),

@@ -1,0 +1,95 @@
+"""ONNX export: parity with PyTorch, metadata, batch sizes, int8, clean errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from runtime import Classifier
+from runtime.metadata import INPUT_NAME, OUTPUT_NAME
+from tests.conftest import invoke
+
+
+def test_export_is_verified_against_pytorch(pipeline_run):
+    report = json.loads(pipeline_run["onnx"].with_suffix(".report.json").read_text())
+    check = report["verification"]
+    assert check["top1_agreement"] == 1.0 and check["max_abs_logit_diff"] <= check["tolerance"]
+    assert check["images"] > 0
+    model = onnx.load(str(pipeline_run["onnx"]))
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == [INPUT_NAME] and [o.name for o in model.graph.output] == [OUTPUT_NAME]
+    assert model.opset_import[0].version >= 17
+
+
+def test_metadata_round_trips(pipeline_run):
+    ckpt = torch.load(pipeline_run["run"] / "best.pt", weights_only=True)
+    info = Classifier(pipeline_run["onnx"], device="cpu").info
+    assert list(info.classes) == ckpt["classes"]
+    assert info.preprocessing.image_size == ckpt["image_size"] == 32
+    np.testing.assert_allclose(info.preprocessing.mean, ckpt["mean"])
+    np.testing.assert_allclose(info.preprocessing.std, ckpt["std"])
+    assert info.arch == "resnet18" and info.config_hash == ckpt["config_hash"]
+    props = {p.key: p.value for p in onnx.load(str(pipeline_run["onnx"])).metadata_props}
+    assert "centre crop 32x32" in props["preprocessing_rule"]
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_dynamic_batch(pipeline_run, batch: int):
+    from pipeline.model import load_checkpoint
+
+    model, _ = load_checkpoint(pipeline_run["run"] / "best.pt")
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    got = Classifier(pipeline_run["onnx"], device="cpu").logits(x)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert got.shape == (batch, 3)
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_int8_runs_and_agrees_with_fp32(pipeline_run):
+    report = json.loads(pipeline_run["onnx"].with_suffix(".report.json").read_text())
+    int8 = report["variants"]["int8"]
+    assert int8["top1_agreement_with_fp32"] >= 0.9
+    assert abs(int8["accuracy"] - report["variants"]["fp32"]["accuracy"]) <= 0.1
+    ops = {n.op_type for n in onnx.load(str(pipeline_run["int8"])).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    images = sorted((pipeline_run["data"] / "kaggle_simpson_testset").glob("*.jpg"))
+    fp32 = [p.label for p in Classifier(pipeline_run["onnx"], device="cpu").predict(images)]
+    q = [p.label for p in Classifier(pipeline_run["int8"], device="cpu").predict(images)]
+    assert np.mean(np.array(fp32) == np.array(q)) >= 0.9
+
+
+def test_fp16_variant(pipeline_run, tmp_path: Path):
+    out = tmp_path / "m.onnx"
+    result = invoke("export", "--checkpoint", pipeline_run["run"] / "best.pt", "--out", out, "--fp16", "--eval-images", "8")
+    assert result.exit_code == 0, result.output
+    fp16 = Classifier(out.with_suffix(".fp16.onnx"), device="cpu")
+    assert fp16.session.get_inputs()[0].type == "tensor(float)"  # callers keep feeding float32
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    assert report["variants"]["fp16"]["top1_agreement_with_fp32"] >= 0.9
+
+
+def test_bad_inputs_give_one_clear_line(pipeline_run, tmp_path: Path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x02 not a checkpoint")
+    ckpt = torch.load(pipeline_run["run"] / "best.pt", weights_only=True)
+    unknown = tmp_path / "unknown.pt"
+    torch.save({**ckpt, "arch": "resnet9000"}, unknown)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    good = pipeline_run["run"] / "best.pt"
+    cases = [
+        (tmp_path / "missing.pt", tmp_path / "m.onnx", "checkpoint not found"),
+        (corrupt, tmp_path / "m.onnx", "cannot load checkpoint"),
+        (unknown, tmp_path / "m.onnx", "resnet9000"),
+        (good, blocker / "m.onnx", "cannot write there"),
+    ]
+    for checkpoint, out, message in cases:
+        result = invoke("export", "--checkpoint", checkpoint, "--out", out)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and result.output.count("\n") == 1 and "Traceback" not in result.output

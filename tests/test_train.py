@@ -1,0 +1,109 @@
+"""Training and evaluation on tiny generated images (32 px, resnet18, a few steps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from pipeline import train as trainer
+from tests.conftest import TINY, invoke
+
+
+def test_loss_falls_and_checkpoint_loads_as_documented(pipeline_run):
+    history = json.loads((pipeline_run["run"] / "history.json").read_text())
+    assert len(history) == 3
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert max(h["val_accuracy"] for h in history) > 0.5  # 3 classes: chance is 1/3
+    ckpt = torch.load(pipeline_run["run"] / "best.pt", weights_only=True)
+    assert {"state_dict", "arch", "classes", "mean", "std", "image_size"} <= set(ckpt)
+    model = getattr(torchvision.models, ckpt["arch"])(num_classes=len(ckpt["classes"]))
+    model.load_state_dict(ckpt["state_dict"])
+    config = json.loads((pipeline_run["run"] / "config.json").read_text())
+    assert config["arch"] == "resnet18" and len(config["manifest_hash"]) == 16
+    assert list((pipeline_run["run"]).glob("events.out.tfevents.*"))
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(pipeline_run, tmp_path: Path, monkeypatch):
+    args = ["--manifest", pipeline_run["manifest"], *TINY, "--epochs", "2"]
+    assert invoke("train", *args, "--out", tmp_path / "full").exit_code == 0
+
+    real, calls = trainer.train_one_epoch, []
+
+    def crash_on_second_epoch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", crash_on_second_epoch)
+    result = invoke("train", *args, "--out", tmp_path / "cut")
+    assert result.exit_code == 1  # click's Abort on Ctrl-C
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 0
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    assert invoke("train", "--resume", tmp_path / "cut").exit_code == 0
+
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert full["epoch"] == cut["epoch"] == 1
+    for name, tensor in full["state_dict"].items():
+        torch.testing.assert_close(cut["state_dict"][name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_evaluate_writes_the_report_and_lists_absent_classes(pipeline_run, tmp_path: Path):
+    import polars as pl
+
+    manifest = pl.read_parquet(pipeline_run["manifest"])
+    # drop one class from the test split: it must be listed as absent, not averaged as zero
+    dropped = manifest.with_columns(
+        pl.when((pl.col("split") == "test") & (pl.col("label") == "agnes_skinner")).then(pl.lit("excluded")).otherwise(pl.col("split")).alias("split")
+    )
+    edited = tmp_path / "data" / "manifest.parquet"
+    edited.parent.mkdir()
+    dropped.write_parquet(edited)
+    (edited.parent / "stats.json").write_text((pipeline_run["manifest"].parent / "stats.json").read_text())
+    out = tmp_path / "eval"
+    result = invoke("evaluate", "--checkpoint", pipeline_run["run"] / "best.pt", "--manifest", edited, "--out", out, "--tta", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["absent_classes"] == ["agnes_skinner"]
+    assert set(report["per_class"]) == {"abraham_grampa_simpson", "apu_nahasapeemapetilon"}
+    assert "| **macro avg** |" in (out / "report.md").read_text()
+    for name in ("confusion.png", "predictions.png"):
+        assert (out / name).stat().st_size > 1000
+    assert len((out / "predictions.csv").read_text().splitlines()) == 1 + report["num_samples"]
+
+
+def test_offline_imagenet_weights_give_one_clear_line(pipeline_run, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached download
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    result = invoke("train", "--manifest", pipeline_run["manifest"], "--out", tmp_path / "run",
+                    "--arch", "resnet18", "--weights", "imagenet", "--epochs", "1")
+    assert result.exit_code == 2
+    assert "could not download ImageNet weights" in result.output and "--weights none" in result.output
+    assert result.output.count("\n") == 2  # the start line, then the error
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(pipeline_run, tmp_path: Path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "pipeline.cli", "train", "--manifest", str(pipeline_run["manifest"]), "--out", str(out),
+               *TINY, "--epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 0
+    assert done.stderr.count("epoch 1:") == 1  # rank 0 alone reports and writes
