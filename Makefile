@@ -1,54 +1,76 @@
-# Everything runs inside .venv; `make setup` creates it. Override DATA to use the real data set:
+# Everything runs inside .venv, which `make setup` creates. The real data set:
 #   make train DATA=~/data/simpsons      (the folder holding simpsons_dataset/ and kaggle_simpson_testset/)
-PYTHON ?= python3
-VENV   ?= .venv
-BIN    := $(VENV)/bin
-DATA   ?= demo/data
-OUT    ?= out
-ARCH   ?= resnet50
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     ?= $(VENV)/bin
+SETUP   ?= setup
+DATA    ?= demo/data
+OUT     ?= out
+ARCH    ?= resnet50
 WEIGHTS ?= imagenet
-EPOCHS ?= 12
+EPOCHS  ?= 12
 IMAGE_SIZE ?= 224
 TRAIN_ARGS ?=
+# `make demo`: built-in cartoon data, a small model trained from scratch on the CPU
+DEMO    ?= demo
+DEMO_SYNTH ?= --per-class 50
+DEMO_TRAIN ?= ARCH=resnet18 WEIGHTS=none EPOCHS=12 IMAGE_SIZE=64 TRAIN_ARGS="--lr 2e-3 --batch-size 32"
 
-.PHONY: setup test data train evaluate export infer bench demo clean
+.PHONY: setup test data train evaluate export infer bench demo demo-run summary clean
 
-$(BIN)/simpsons: pyproject.toml
+$(VENV)/bin/simpsons: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e ".[train,dev]"
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install --quiet -e ".[train,dev]"
 	touch $@
 
-setup: $(BIN)/simpsons
+setup: $(VENV)/bin/simpsons
 
-test: setup
+test: $(SETUP)
 	$(BIN)/python -m pytest tests
 
-data: setup
+data: $(SETUP)
 	$(BIN)/simpsons manifest $(DATA) --out $(OUT)/data
 
 train: data
 	$(BIN)/simpsons train --manifest $(OUT)/data/manifest.parquet --out $(OUT)/run \
 		--arch $(ARCH) --weights $(WEIGHTS) --epochs $(EPOCHS) --image-size $(IMAGE_SIZE) $(TRAIN_ARGS)
 
-evaluate: setup
+evaluate: $(SETUP)
 	$(BIN)/simpsons evaluate --checkpoint $(OUT)/run/best.pt --manifest $(OUT)/data/manifest.parquet \
 		--split test --out $(OUT)/eval
 
-export: setup
+export: $(SETUP)
 	$(BIN)/simpsons export --checkpoint $(OUT)/run/best.pt --out $(OUT)/model.onnx --int8 --fp16
 
-infer: setup
-	$(BIN)/simpsons-infer $(DATA)/kaggle_simpson_testset --model $(OUT)/model.onnx -o $(OUT)/predictions.csv --evaluate
+infer: $(SETUP)
+	$(BIN)/simpsons-infer $(DATA)/kaggle_simpson_testset --model $(OUT)/model.int8.onnx \
+		-o $(OUT)/predictions.csv --evaluate
 
-bench: setup
+bench: $(SETUP)
 	$(BIN)/python bench/bench_manifest.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_infer.py
 
-demo: setup
-	$(BIN)/python -m pipeline.demo --out demo
+demo: setup demo-run
+
+# Starts from scratch each time, so `make demo` twice in a row gives the same result.
+demo-run:
+	rm -rf $(DEMO)
+	$(BIN)/simpsons synth $(DEMO)/data $(DEMO_SYNTH)
+	$(MAKE) --no-print-directory train evaluate export infer summary SETUP= DATA=$(DEMO)/data OUT=$(DEMO)/out $(DEMO_TRAIN)
+
+summary:
+	@echo
+	@echo "Artefacts"
+	@echo "  manifest:     $(OUT)/data/manifest.parquet, stats.json, classes_trainval.png, classes_test.png"
+	@echo "  training:     $(OUT)/run (best.pt, last.pt, config.json, history.json; tensorboard --logdir $(OUT)/run)"
+	@echo "  evaluation:   $(OUT)/eval (report.md, report.json, confusion.png, predictions.png, predictions.csv)"
+	@echo "  ONNX:         $(OUT)/model.onnx, model.int8.onnx, model.fp16.onnx, model.report.json"
+	@echo "  inference:    $(OUT)/predictions.csv"
+	@echo
+	@cat $(OUT)/eval/report.md
 
 clean:
-	rm -rf $(OUT) demo
+	rm -rf $(OUT) $(DEMO)

@@ -27,6 +27,26 @@ def main() -> None:
 
 
 @main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--classes", type=click.IntRange(2, 42), default=42, help="how many of the 42 class names to draw")
+@click.option("--per-class", type=click.IntRange(1), default=60, help="training frames per class")
+@click.option("--test-per-class", type=click.IntRange(0), default=6, help="small test images per class")
+@click.option("--size", default="192x144", help="training frame size WxH (test images are a third of it)")
+@click.option("--seed", type=int, default=0)
+def synth(out: Path, classes: int, per_class: int, test_per_class: int, size: str, seed: int) -> None:
+    """Draw a built-in demo data set of cartoon characters in the Kaggle layout under OUT."""
+    from pipeline.synth import write_dataset
+
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size {size!r}: expected WxH, e.g. 192x144") from None
+    planted = write_dataset(out, classes, per_class, test_per_class, seed, (width, height))
+    click.echo(f"wrote {planted['train']} training and {planted['test']} test images to {out}; planted: "
+               + ", ".join(f"{k} {v}" for k, v in planted.items() if k not in ("train", "test")), err=True)
+
+
+@main.command()
 @click.argument("data_root", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/data"), help="folder for manifest.parquet, stats.json and plots")
 @click.option("--val-fraction", type=click.FloatRange(0.0, 0.9), default=0.15, help="share of each class held out for validation")
