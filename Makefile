@@ -16,7 +16,7 @@ DEMO    ?= demo
 DEMO_SYNTH ?= --per-class 50
 DEMO_TRAIN ?= ARCH=resnet18 WEIGHTS=none EPOCHS=12 IMAGE_SIZE=64 TRAIN_ARGS="--lr 2e-3 --batch-size 32"
 
-.PHONY: setup test data train evaluate export infer bench demo demo-run summary clean
+.PHONY: setup test data train evaluate export infer bench demo demo-run summary edge-check clean
 
 $(VENV)/bin/simpsons: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,22 @@ summary:
 	@echo "  inference:    $(OUT)/predictions.csv"
 	@echo
 	@cat $(OUT)/eval/report.md
+
+# The runtime alone, as deployed on a small box: a fresh venv with the base install (numpy,
+# Pillow, onnxruntime) classifies with a model exported by the full install.
+EDGE ?= /tmp/simpsons-edge
+edge-check: $(SETUP)
+	rm -rf $(EDGE)
+	$(BIN)/simpsons synth $(EDGE)/data --classes 3 --per-class 8 --test-per-class 2 --size 96x72
+	$(BIN)/simpsons manifest $(EDGE)/data --out $(EDGE)/out --no-plots
+	$(BIN)/simpsons train --manifest $(EDGE)/out/manifest.parquet --out $(EDGE)/run --arch resnet18 \
+		--weights none --epochs 1 --image-size 32 --workers 0
+	$(BIN)/simpsons export --checkpoint $(EDGE)/run/best.pt --out $(EDGE)/model.onnx
+	$(PYTHON) -m venv $(EDGE)/venv
+	$(EDGE)/venv/bin/pip install --quiet .
+	$(EDGE)/venv/bin/python tests/edge_check.py
+	cd $(EDGE) && venv/bin/simpsons-infer data/kaggle_simpson_testset --model model.onnx --evaluate -o rows.jsonl
+	cd $(EDGE) && ! venv/bin/simpsons train 2>&1 | tee /dev/stderr | grep -q Traceback
 
 clean:
 	rm -rf $(OUT) $(DEMO)
