@@ -52,7 +52,7 @@ def synth(out: Path, classes: int, per_class: int, test_per_class: int, size: st
 @click.option("--val-fraction", type=click.FloatRange(0.0, 0.9), default=0.15, help="share of each class held out for validation")
 @click.option("--seed", type=int, default=0, help="seeds the split")
 @click.option("--keep-leaks", is_flag=True, help="keep training copies of test images (reproduces published, leaky numbers)")
-@click.option("--workers", type=click.IntRange(1), default=None, help="reader threads (default: 2 per core, at most 8)")
+@click.option("--workers", type=click.IntRange(1), default=None, help="reader threads (default: one per core)")
 @click.option("--no-plots", is_flag=True, help="skip the class-distribution charts")
 def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, keep_leaks: bool, workers: int | None, no_plots: bool) -> None:
     """Scan DATA_ROOT (Kaggle layout) into OUT/manifest.parquet and OUT/stats.json."""

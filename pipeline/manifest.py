@@ -23,6 +23,7 @@ from runtime.progress import progress
 
 MANIFEST = "manifest.parquet"
 STATS = "stats.json"
+PLOTS = ("classes_trainval.png", "classes_test.png")
 CACHE_CHUNK = 256  # files fingerprinted between two cache saves
 COLUMNS = [
     "path", "label", "split", "status", "reason", "source", "hash", "size_bytes", "width", "height",
@@ -63,7 +64,7 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
     cache = ShardCache(out_dir / ".cache" / "fingerprints", KEY, FINGERPRINT_SCHEMA)
     cached = cache.load()
     fingerprints = fingerprint(
-        files, data_root, cached, cache.save, workers or min(8, (os.cpu_count() or 1) * 2), CACHE_CHUNK,
+        files, data_root, cached, cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
         progress=lambda it, total: progress(it, total, "fingerprinting"),
     )
     if len(fingerprints) != len(cached) or len(cache.shards()) > 1:
@@ -72,13 +73,22 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
     summary = stats.summarise(df, classes, empty, {"data_root": str(data_root), **asdict(config)})
     for problem in summary["problems"]:
         print(f"warning: {problem['path']}: {problem['reason']} [{problem['status']}]", file=sys.stderr)
+    previous = _read_json(out_dir / STATS)
     write_parquet(out_dir / MANIFEST, df)
     write_json(out_dir / STATS, summary)
-    if plots:
+    unchanged = previous.get("counts") == summary["counts"] and all((out_dir / n).is_file() for n in PLOTS)
+    if plots and not unchanged:
         from pipeline.plots import class_distribution
 
         class_distribution(summary["counts"], classes, out_dir)
     return summary
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def read(manifest: Path) -> tuple[pl.DataFrame, dict]:

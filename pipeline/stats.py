@@ -16,8 +16,10 @@ def channel_stats(df: pl.DataFrame) -> tuple[list[float], list[float]]:
     n = int(train["pixel_count"].sum())
     if n == 0:
         return [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
-    sums = [sum(v[c] for v in train["pixel_sum"]) for c in range(3)]
-    squares = [sum(v[c] for v in train["pixel_sumsq"]) for c in range(3)]
+    totals = train.select(
+        *(pl.col(column).list.get(c).sum().alias(f"{column}{c}") for column in ("pixel_sum", "pixel_sumsq") for c in range(3))
+    ).row(0)
+    sums, squares = totals[:3], totals[3:]
     mean = [s / n for s in sums]
     std = [math.sqrt(max(q / n - m * m, 0.0)) for q, m in zip(squares, mean)]
     return mean, std
