@@ -11,7 +11,6 @@ the baseline, and peak memory
 from __future__ import annotations
 
 import hashlib
-import resource
 import shutil
 import subprocess
 import sys

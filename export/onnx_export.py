@@ -7,7 +7,6 @@ use the runtime's own ``Classifier`` and ``preprocess``, i.e. exactly what users
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from dataclasses import dataclass

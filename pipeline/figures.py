@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib, headless, imported only when a picture is drawn (it costs half a second)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +19,7 @@ def _pyplot():
 
 def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str = "Confusion matrix"):
     """Row-normalised (recall on the diagonal), counts written in the cells that hold any."""
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.asarray(matrix)
     rows = matrix.sum(axis=1, keepdims=True)
     norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
@@ -40,7 +41,7 @@ def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str = "C
 
 def prediction_grid(images: Sequence[np.ndarray], true: Sequence[str], predicted: Sequence[str], columns: int = 6):
     """Thumbnails titled 'predicted (true)'; errors in red, as in the reference's picture grid."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = max(1, -(-len(images) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.0, rows * 2.3), squeeze=False)
     for ax in axes.ravel():
@@ -57,4 +58,4 @@ def save(fig, path) -> None:
     from pipeline.io import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    _pyplot().close(fig)
+    pyplot().close(fig)

@@ -1,19 +1,15 @@
-"""Class-distribution bar charts, as in the reference write-up (matplotlib, headless)."""
+"""Class-distribution bar charts, as in the reference write-up."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.io import atomic_write
+from pipeline import figures
 
 
 def class_distribution(counts: dict[str, dict[str, int]], classes: list[str], out_dir: Path) -> list[Path]:
     """``classes_trainval.png`` (train and val stacked) and ``classes_test.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     written = []
     charts = {"classes_trainval.png": ("train", "val"), "classes_test.png": ("test",)}
     for name, splits in charts.items():
@@ -31,8 +27,6 @@ def class_distribution(counts: dict[str, dict[str, int]], classes: list[str], ou
         ax.tick_params(axis="y", labelsize=7)
         ax.legend(loc="lower right")
         fig.tight_layout()
-        path = out_dir / name
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-        plt.close(fig)
-        written.append(path)
+        figures.save(fig, out_dir / name)
+        written.append(out_dir / name)
     return written

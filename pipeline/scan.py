@@ -7,7 +7,6 @@ like the data set is a nesting level, never a class.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import polars as pl
@@ -80,7 +79,3 @@ def scan(data_root: Path) -> tuple[pl.DataFrame, list[str]]:
         ]
     table = pl.DataFrame(rows, schema=SCAN_SCHEMA).unique("path", keep="first").sort("path")
     return table, empty
-
-
-def absolute(data_root: Path, relative: str) -> str:
-    return os.path.join(data_root, relative)

@@ -49,7 +49,7 @@ def assign_split(df: pl.DataFrame, val_fraction: float = 0.15, seed: int = 0) ->
     pool = df.filter(usable & (pl.col("source") == "train"))
     sizes = pool.group_by("label", "group").len().sort("label", "group")
     val_groups: set[str] = set()
-    for (label,), part in sizes.group_by("label", maintain_order=True):
+    for _, part in sizes.group_by("label", maintain_order=True):
         val_groups |= choose_val_groups(list(zip(part["group"], part["len"])), val_fraction, seed)
     return df.with_columns(
         pl.when(~usable).then(pl.lit("excluded"))

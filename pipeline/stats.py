@@ -50,8 +50,7 @@ def summarise(df: pl.DataFrame, classes: list[str], empty_folders: list[str], co
     """Everything ``stats.json`` holds: the class list (index = class id) and how the data
     engine judged every file."""
     mean, std = channel_stats(df)
-    exact = df.filter(pl.col("duplicate_of").is_not_null()).with_columns(pl.col("duplicate_of").alias("_kept"))
-    exact = pl.concat([exact.select("path", "_kept"), exact.select(pl.col("_kept").alias("path"), "_kept")]).unique()
+    copies = df.filter(pl.col("duplicate_of").is_not_null()).group_by("duplicate_of").agg(pl.col("path").sort())
     problems = df.filter(~pl.col("status").is_in(["ok", "duplicate", "leak"])).select("path", "status", "reason")
     return {
         "classes": classes,
@@ -60,7 +59,7 @@ def summarise(df: pl.DataFrame, classes: list[str], empty_folders: list[str], co
         "counts": counts(df, classes),
         "totals": {s: int((df["split"] == s).sum()) for s in (*SPLITS, "excluded")},
         "status": dict(sorted(df.group_by("status").len().iter_rows())),
-        "exact_duplicate_groups": groups_of(exact, "_kept"),
+        "exact_duplicate_groups": [[kept, *paths] for kept, paths in copies.sort("duplicate_of").iter_rows()],
         "near_duplicate_groups": groups_of(df.filter(pl.col("group_size") > 1), "group"),
         "leaks": df.filter(pl.col("leak"))["path"].to_list(),
         "problems": problems.to_dicts() + [{"path": p, "status": "empty_folder", "reason": "class folder holds no file"} for p in empty_folders],

@@ -70,6 +70,8 @@ def _session(path: Path, device: str, threads: int | None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    # Idle inference threads sleep instead of spinning, leaving the cores to the decoders.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     want_cuda = device in ("cuda", "auto") and "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not want_cuda:
         raise DeviceError("--device cuda: this onnxruntime build has no CUDA provider (install onnxruntime-gpu)")

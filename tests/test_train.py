@@ -56,6 +56,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(pipeline_run, tmp
         torch.testing.assert_close(cut["state_dict"][name], tensor, rtol=0, atol=0, msg=name)
 
 
+def test_local_weights_and_head_only_stage(pipeline_run, tmp_path: Path):
+    """--weights PATH starts from a local file; --freeze-epochs trains the head alone."""
+    source = pipeline_run["run"] / "best.pt"
+    result = invoke("train", "--manifest", pipeline_run["manifest"], "--out", tmp_path / "run", *TINY,
+                    "--weights", source, "--freeze-epochs", "1", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    before = torch.load(source, weights_only=True)["state_dict"]
+    after = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
+    torch.testing.assert_close(after["conv1.weight"], before["conv1.weight"], rtol=0, atol=0)
+    assert not torch.equal(after["fc.weight"], before["fc.weight"])
+
+
 def test_evaluate_writes_the_report_and_lists_absent_classes(pipeline_run, tmp_path: Path):
     import polars as pl
 
