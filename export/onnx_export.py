@@ -152,7 +152,7 @@ def score(path: Path, images: Images, classes: list[str], reference: np.ndarray 
 
 def export(
     checkpoint: Path, out: Path, manifest: Path | None = None, int8: bool = False, fp16: bool = False,
-    tolerance: float = TOLERANCE, verify_images: int = 64, calibration_images: int = 128, eval_images: int = 2000,
+    tolerance: float = TOLERANCE, verify_images: int = 64, calibration_images: int = 512, eval_images: int = 2000,
     opset: int = OPSET,
 ) -> dict:
     """Write ``out`` (+ ``.int8.onnx`` / ``.fp16.onnx``) and ``<out>.report.json``; returns the report."""

@@ -163,7 +163,7 @@ def evaluate(checkpoint: Path, manifest: Path, split: str, out: Path, tta: bool,
 @click.option("--fp16", is_flag=True, help="also write a float16 model (GPU)")
 @click.option("--tolerance", type=float, default=1e-3, help="max |logit difference| to PyTorch")
 @click.option("--eval-images", type=click.IntRange(1), default=2000, help="val images used to score each variant")
-@click.option("--calibration-images", type=click.IntRange(1), default=128, help="train images for int8 calibration")
+@click.option("--calibration-images", type=click.IntRange(1), default=512, help="train images for int8 calibration (min-max)")
 def export_command(checkpoint: Path, out: Path, manifest: Path | None, int8: bool, fp16: bool, tolerance: float, eval_images: int, calibration_images: int) -> None:
     """Export a checkpoint to ONNX with its metadata, verify it, and add int8/fp16 variants."""
     try:
