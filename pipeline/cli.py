@@ -173,7 +173,7 @@ def export_command(checkpoint: Path, out: Path, manifest: Path | None, int8: boo
         raise UserError(f"export needs the [train] extra ({e.name} is missing): pip install '.[train]'") from None
     try:
         report = export(checkpoint, out, manifest, int8, fp16, tolerance, eval_images=eval_images, calibration_images=calibration_images)
-    except (ExportError, WeightsError) as e:
+    except (ExportError, WeightsError, ValueError) as e:
         raise UserError(str(e)) from None
     click.echo(f"wrote {', '.join(v['file'] for v in report['variants'].values())} and {out.with_suffix('.report.json').name} in {out.parent}", err=True)
 

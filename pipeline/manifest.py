@@ -91,6 +91,20 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+class ManifestError(ValueError):
+    """A file given as a manifest is not one."""
+
+
 def read(manifest: Path) -> tuple[pl.DataFrame, dict]:
     """The manifest and the ``stats.json`` written beside it: what training and export read."""
-    return pl.read_parquet(manifest), json.loads((manifest.parent / STATS).read_text())
+    try:
+        table = pl.read_parquet(manifest)
+        stats = json.loads((manifest.parent / STATS).read_text())
+    except FileNotFoundError as e:
+        raise ManifestError(f"{e.filename}: not found (run `simpsons manifest DATA_ROOT --out DIR` first)") from None
+    except (pl.exceptions.PolarsError, OSError, ValueError) as e:
+        raise ManifestError(f"{manifest}: not a manifest written by `simpsons manifest` ({str(e).splitlines()[0][:80]})") from None
+    missing = {"path", "label", "split", "status"} - set(table.columns)
+    if missing or "classes" not in stats:
+        raise ManifestError(f"{manifest}: not a manifest written by `simpsons manifest` (lacks {sorted(missing) or 'classes'})")
+    return table, stats

@@ -6,6 +6,7 @@ its name, so a checkpoint's ``state_dict`` loads into ``torchvision.models.<arch
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -88,6 +89,8 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
         raise WeightsError(f"{path}: checkpoint not found") from None
     except (KeyError, TypeError) as e:
         raise WeightsError(f"{path}: not a Simpsons checkpoint (missing {e})") from None
+    except pickle.UnpicklingError:
+        raise WeightsError(f"{path}: cannot load checkpoint (not a PyTorch checkpoint, or one holding more than tensors)") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
         raise WeightsError(f"{path}: cannot load checkpoint ({str(e).splitlines()[0][:120]})") from None
     return model.eval(), ckpt

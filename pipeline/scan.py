@@ -63,7 +63,7 @@ def scan(data_root: Path) -> tuple[pl.DataFrame, list[str]]:
     path, plus the class folders that hold no file."""
     train_tops, test_tops = nested(data_root, TRAIN_DIR), nested(data_root, TEST_DIR)
     if not data_root.is_dir():
-        raise LayoutError(f"{data_root}: no such folder")
+        raise LayoutError(f"{data_root}: {'not a folder' if data_root.exists() else 'no such folder'}")
     if not train_tops and not test_tops:
         raise LayoutError(f"{data_root}: holds neither {TRAIN_DIR}/ nor {TEST_DIR}/ (the Kaggle layout)")
     rows, empty = [], []

@@ -119,3 +119,19 @@ def test_two_process_ddp_on_cpu(pipeline_run, tmp_path: Path):
     assert config["world_size"] == 2
     assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 0
     assert done.stderr.count("epoch 1:") == 1  # rank 0 alone reports and writes
+
+
+def test_bad_manifest_and_checkpoint_give_one_clear_line(pipeline_run, tmp_path: Path):
+    text = tmp_path / "manifest.parquet"
+    text.write_text("not parquet")
+    cases = [
+        (("train", "--manifest", text, "--out", tmp_path / "run"), "not a manifest"),
+        (("train", "--manifest", tmp_path / "missing.parquet"), "manifest not found"),
+        (("evaluate", "--checkpoint", pipeline_run["manifest"], "--manifest", pipeline_run["manifest"]), "cannot load checkpoint"),
+        (("evaluate", "--checkpoint", pipeline_run["run"] / "best.pt", "--manifest", text), "not a manifest"),
+        (("train", "--resume", tmp_path), "nothing to resume"),
+    ]
+    for args, message in cases:
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and result.output.count("\n") == 1, result.output
