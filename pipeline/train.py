@@ -227,6 +227,37 @@ def log_epoch(writer, epoch: int, train_loss: float, speed: float, report: dict,
     writer.flush()
 
 
+def load_data(config: TrainConfig, table, stats: dict, pre: Preprocessing, rank: int, world: int, pin: bool):
+    """Train and val loaders from the manifest, and the training targets (for class weights)."""
+    from pipeline.presets import EvalPreset, TrainPreset
+
+    root = Path(config.data_root or stats["config"]["data_root"])
+    classes = stats["classes"]
+    train_set = data.ManifestDataset(data.split_rows(table, "train"), root, classes, TrainPreset(pre, config.downscale))
+    val_set = data.ManifestDataset(data.split_rows(table, "val"), root, classes, EvalPreset(pre))
+    if not len(train_set) or not len(val_set):
+        raise ValueError(f"{config.manifest}: the manifest has {len(train_set)} train and {len(val_set)} val images; both must be > 0")
+    workers = config.workers if config.workers >= 0 else min(8, os.cpu_count() or 1)
+    sampler = data.EpochSampler(train_set.targets, len(classes), config.balance == "sampler", config.seed, rank, world)
+    return (
+        data.loader(train_set, config.batch_size, workers, sampler, pin),
+        data.loader(val_set, config.batch_size, workers, None, pin),
+        train_set.targets,
+    )
+
+
+def make_model(config: TrainConfig, num_classes: int, resume: bool, rank: int, world: int) -> nn.Module:
+    """Rank 0 fetches pretrained weights first (into torchvision's cache), the others follow;
+    a resumed run needs none, its weights come from ``last.pt``."""
+    seed_everything(config.seed)
+    if world > 1 and rank != 0:
+        dist.barrier()
+    model = build_model(config.arch, num_classes, "none" if resume else config.weights)
+    if world > 1 and rank == 0:
+        dist.barrier()
+    return model
+
+
 def train(config: TrainConfig, resume: bool = False) -> dict:
     """Train, keeping ``best.pt`` (best val macro-F1) and ``last.pt``; returns the best metrics."""
     rank, world, local_rank = distributed()
@@ -235,25 +266,12 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     table, stats = manifest_io.read(manifest_path)
     classes = stats["classes"]
     pre = Preprocessing.for_size(config.image_size, stats["mean"], stats["std"], config.crop_fraction)
-    root = Path(config.data_root or stats["config"]["data_root"])
+    train_loader, val_loader, targets = load_data(config, table, stats, pre, rank, world, pin=device.type == "cuda")
 
-    from pipeline.presets import EvalPreset, TrainPreset
-
-    train_set = data.ManifestDataset(data.split_rows(table, "train"), root, classes, TrainPreset(pre, config.downscale))
-    val_set = data.ManifestDataset(data.split_rows(table, "val"), root, classes, EvalPreset(pre))
-    if not len(train_set) or not len(val_set):
-        raise ValueError(f"{manifest_path}: the manifest has {len(train_set)} train and {len(val_set)} val images; both must be > 0")
-    workers = config.workers if config.workers >= 0 else min(8, os.cpu_count() or 1)
-    sampler = data.EpochSampler(train_set.targets, len(classes), config.balance == "sampler", config.seed, rank, world)
-    pin = device.type == "cuda"
-    train_loader = data.loader(train_set, config.batch_size, workers, sampler, pin)
-    val_loader = data.loader(val_set, config.batch_size, workers, None, pin)
-
-    seed_everything(config.seed)
-    model = build_model(config.arch, len(classes), config.weights).to(device)
+    model = make_model(config, len(classes), resume, rank, world).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    weight = data.class_weights(train_set.targets, len(classes)).to(device) if config.balance == "loss" else None
+    weight = data.class_weights(targets, len(classes)).to(device) if config.balance == "loss" else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, len(train_loader))
@@ -281,12 +299,12 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         write_json(out / "config.json", {**asdict(config), "manifest_hash": file_hash(manifest_path),
                                          "config_hash": config_hash(config), "classes": classes, "world_size": world})
         writer = SummaryWriter(str(out))
-        print(f"training {config.arch} on {len(train_set)} images ({len(classes)} classes), validating on "
-              f"{len(val_set)}; {device}, {world} process(es), amp {dtype}", file=sys.stderr)
+        print(f"training {config.arch} on {len(targets)} images ({len(classes)} classes), validating on "
+              f"{len(val_loader.dataset)}; {device}, {world} process(es), amp {dtype}", file=sys.stderr)
 
     for epoch in range(start_epoch, config.epochs):
         seed_everything(config.seed * 1000 + epoch)
-        sampler.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
         loss, speed = train_one_epoch(model, criterion, optimizer, scheduler, train_loader, device, dtype, scaler,
                                       f"epoch {epoch + 1}/{config.epochs}")
         report = evaluate(model, criterion, val_loader, device, dtype, classes)
