@@ -19,12 +19,14 @@ from runtime.metadata import Preprocessing
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
 
+_ORIENTATION = 0x0112
 _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any mode (P, LA, RGBA, CMYK, I;16, L) to RGB; transparency is flattened onto white."""
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when nothing turns
+        img = ImageOps.exif_transpose(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -155,3 +155,19 @@ def test_device_selection(pipeline_run):
         Classifier(pipeline_run["onnx"], device="tpu")
     with pytest.raises(ModelError):
         Classifier("missing.onnx")
+
+
+def test_exif_orientation_alpha_and_modes_are_honoured(tmp_path: Path, rng):
+    from runtime.preprocess import load_image
+    from tests.conftest import frame
+
+    upright = frame(rng, size=(40, 64))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a camera stores a portrait shot
+    exif = stored.getexif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    stored.save(tmp_path / "rotated.png", exif=exif)
+    assert np.array_equal(np.asarray(load_image(tmp_path / "rotated.png")), np.asarray(upright))
+    clear = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    assert load_image(clear).getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
+    for mode in ("L", "CMYK", "P", "I;16"):
+        assert load_image(upright.convert(mode)).mode == "RGB"
