@@ -1,6 +1,6 @@
 """Inference speed on the real sample, every side measured in this run, same images.
 
-Each rate is the best of a few runs. Model only (batch 16, preprocessed tensors): PyTorch eager vs onnxruntime fp32 and int8.
+Every side is measured in each of --rounds interleaved rounds; medians are printed. Model only (batch 16, preprocessed tensors): PyTorch eager vs onnxruntime fp32 and int8.
 End to end (files -> labels, batch 32): a plain PyTorch script (torchvision transforms +
 DataLoader) vs `simpsons-infer`'s Classifier with fp32 and int8 models; and the end-to-end
 rate as a share of the model-only rate (decoding hidden behind inference).
@@ -18,6 +18,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 
 from common import WORK, sample_manifest
 
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     import torch
@@ -99,40 +101,46 @@ def main() -> None:
     tensors = load_images(manifest, "train", ckpt["classes"], pre, args.images).arrays
     print(f"{ckpt['arch']} {pre.image_size} px, {len(paths)} images, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
 
-    def best_of(repeats: int, measure) -> float:
-        """The fastest of a few runs: the least disturbed by the rest of the machine."""
-        return max(measure() for _ in range(repeats))
-
-    def model_only(run, batch: int = 16) -> float:
-        run(tensors[:batch])  # warm-up
-
-        def once() -> float:
-            start = time.perf_counter()
-            for i in range(0, len(tensors), batch):
-                run(tensors[i : i + batch])
-            return rate(len(tensors), time.perf_counter() - start)
-
-        return best_of(3, once)
-
     fp32, int8 = Classifier(out, device="cpu"), Classifier(out.with_suffix(".int8.onnx"), device="cpu")
-    with torch.inference_mode():
-        eager = model_only(lambda b: model(torch.from_numpy(b)))
-    # the torch script gets the same best-of-two as simpsons-infer below
-    script_rate = best_of(2, lambda: torch_script_rate(checkpoint, paths, 32))
-    m32, m8 = model_only(fp32.logits), model_only(int8.logits)
-    print(f"model only, batch 16: PyTorch eager {eager:.1f} img/s; onnxruntime fp32 {m32:.1f} ({m32 / eager:.2f}x, target 1.8x); "
-          f"int8 {m8:.1f} ({m8 / eager:.2f}x, target 3.5x)")
 
-    script = script_rate
-    for name, clf, model_rate in (("fp32", fp32, model_only(fp32.logits, 32)), ("int8", int8, model_only(int8.logits, 32))):
-        def once(clf=clf) -> float:
-            start = time.perf_counter()
-            done = sum(r.prediction is not None for r in clf.iter_predict(paths, batch_size=32))
-            return rate(done, time.perf_counter() - start)
+    def model_only(run, batch: int) -> float:
+        start = time.perf_counter()
+        for i in range(0, len(tensors), batch):
+            run(tensors[i : i + batch])
+        return rate(len(tensors), time.perf_counter() - start)
 
-        e2e = best_of(2, once)
-        print(f"end to end, batch 32, {name}: simpsons-infer {e2e:.1f} img/s = {e2e / script:.2f}x the PyTorch script "
-              f"({script:.1f} img/s); {e2e / model_rate:.0%} of its model-only rate ({model_rate:.1f}) (target 90%)")
+    def end_to_end(clf) -> float:
+        start = time.perf_counter()
+        done = sum(r.prediction is not None for r in clf.iter_predict(paths, batch_size=32))
+        return rate(done, time.perf_counter() - start)
+
+    def eager(b: np.ndarray) -> None:
+        with torch.inference_mode():
+            model(torch.from_numpy(b))
+
+    for run in (eager, fp32.logits, int8.logits):
+        run(tensors[:16])  # warm-up
+    # Rounds interleave every side, so each ratio compares runs made under the same load;
+    # the median over rounds is reported.
+    measures = {
+        "eager": lambda: model_only(eager, 16), "fp32": lambda: model_only(fp32.logits, 16),
+        "int8": lambda: model_only(int8.logits, 16), "script": lambda: torch_script_rate(checkpoint, paths, 32),
+        "fp32_e2e": lambda: end_to_end(fp32), "fp32_b32": lambda: model_only(fp32.logits, 32),
+        "int8_e2e": lambda: end_to_end(int8), "int8_b32": lambda: model_only(int8.logits, 32),
+    }
+    rounds = [{name: measure() for name, measure in measures.items()} for _ in range(args.rounds)]
+
+    def median(f) -> float:
+        return float(np.median([f(r) for r in rounds]))
+
+    print(f"model only, batch 16: PyTorch eager {median(lambda r: r['eager']):.1f} img/s; onnxruntime fp32 "
+          f"{median(lambda r: r['fp32']):.1f} ({median(lambda r: r['fp32'] / r['eager']):.2f}x, target 1.8x); int8 "
+          f"{median(lambda r: r['int8']):.1f} ({median(lambda r: r['int8'] / r['eager']):.2f}x, target 3.5x)")
+    for name in ("fp32", "int8"):
+        e2e, b32 = f"{name}_e2e", f"{name}_b32"
+        print(f"end to end, batch 32, {name}: simpsons-infer {median(lambda r: r[e2e]):.1f} img/s = "
+              f"{median(lambda r: r[e2e] / r['script']):.2f}x the PyTorch script ({median(lambda r: r['script']):.1f} img/s); "
+              f"{median(lambda r: r[e2e] / r[b32]):.0%} of its model-only rate ({median(lambda r: r[b32]):.1f}) (target 90%)")
     v = report["variants"]
     print(f"accuracy on {report['eval_images']} val images: fp32 {v['fp32']['accuracy']:.4f} (macro-F1 {v['fp32']['macro_f1']:.4f}), "
           f"int8 {v['int8']['accuracy']:.4f} (macro-F1 {v['int8']['macro_f1']:.4f}), int8 agrees with fp32 on "
