@@ -72,10 +72,11 @@ def rows(results, top_k: int) -> Iterator[dict]:
         }
 
 
-def print_evaluation(done: list[dict], classes: Sequence[str]) -> None:
+def print_evaluation(predicted: list[tuple[str, str]], classes: Sequence[str]) -> None:
+    """Accuracy and per-class F1 for the (path, predicted label) pairs whose path carries a label."""
     from runtime.metrics import classification_report, report_table
 
-    pairs = [(label_from_path(r["path"], classes), r["label"]) for r in done if r["label"]]
+    pairs = [(label_from_path(path, classes), label) for path, label in predicted]
     labelled = [(t, p) for t, p in pairs if t is not None]
     if not labelled:
         print("--evaluate: no file carries a known label (class folder or <class>_<n> name)", file=sys.stderr)
@@ -109,28 +110,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"simpsons-infer: {len(files)} files, model {args.model.name} ({clf.info.arch}, "
               f"{len(clf.classes)} classes) on {clf.device}", file=sys.stderr)
 
-    start, done = time.perf_counter(), []
+    # Only counts, failures and (for --evaluate) label pairs are kept: memory stays flat.
+    start, counts, failures, predicted = time.perf_counter(), Counter(), [], []
     results = clf.iter_predict(files, top_k=args.top_k, batch_size=args.batch_size)
     try:
         for row in progress(rows(results, args.top_k), len(files), "classifying", enabled=None if not args.quiet else False):
             writer.write(row)
-            done.append({k: row[k] for k in ("path", "status", "label")})
+            if row["label"]:
+                counts[row["label"]] += 1
+                if args.evaluate:
+                    predicted.append((row["path"], row["label"]))
+            else:
+                failures.append((row["path"], row["status"]))
     finally:
         writer.close()
-    elapsed = time.perf_counter() - start
+    elapsed, total = time.perf_counter() - start, len(files)
 
-    failures = [r for r in done if r["status"] != "ok"]
     if not args.quiet:
-        counts = Counter(r["label"] for r in done if r["label"])
-        print(f"classified {len(done) - len(failures)} of {len(done)} files in {elapsed:.1f}s "
-              f"({len(done) / max(elapsed, 1e-9):.1f} img/s on {clf.device}); {len(failures)} failed; "
+        print(f"classified {total - len(failures)} of {total} files in {elapsed:.1f}s "
+              f"({total / max(elapsed, 1e-9):.1f} img/s on {clf.device}); {len(failures)} failed; "
               f"{skipped} non-image files skipped", file=sys.stderr)
         print("predicted: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()), file=sys.stderr)
-        for r in failures:
-            print(f"  failed: {r['path']}: {r['status']}", file=sys.stderr)
+        for path, status in failures:
+            print(f"  failed: {path}: {status}", file=sys.stderr)
     if args.evaluate:
-        print_evaluation(done, clf.classes)
-    if failures and (args.strict or len(failures) == len(done)):
+        print_evaluation(predicted, clf.classes)
+    if failures and (args.strict or len(failures) == total):
         return EXIT_FAILED
     return EXIT_OK
 
