@@ -50,6 +50,7 @@ infer: $(SETUP)
 
 bench: $(SETUP)
 	$(BIN)/python bench/bench_manifest.py
+	$(BIN)/python bench/bench_dedupe.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_infer.py
 
