@@ -84,7 +84,7 @@ def main() -> None:
 
     import torch
 
-    from export.onnx_export import export, load_images
+    from export.onnx_export import batches, export, sample_split
     from pipeline import data, manifest as engine
     from pipeline.model import checkpoint_preprocessing, load_checkpoint
     from runtime import Classifier
@@ -98,7 +98,7 @@ def main() -> None:
     paths = [str(root / p) for p in data.split_rows(table, "train")["path"].to_list()[: args.images]]
     model, ckpt = load_checkpoint(checkpoint)
     pre = checkpoint_preprocessing(ckpt)
-    tensors = load_images(manifest, "train", ckpt["classes"], pre, args.images).arrays
+    tensors = np.concatenate(list(batches(sample_split(manifest, "train", ckpt["classes"], args.images), pre, 32)))
     print(f"{ckpt['arch']} {pre.image_size} px, {len(paths)} images, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
 
     fp32, int8 = Classifier(out, device="cpu"), Classifier(out.with_suffix(".int8.onnx"), device="cpu")

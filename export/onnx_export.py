@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,14 +33,17 @@ class ExportError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Images:
-    """Preprocessed images of one split with their labels, as the runtime preprocesses them."""
+class Sample:
+    """Image files of one manifest split with their labels."""
 
-    arrays: np.ndarray
+    paths: list[Path]
     labels: list[str]
 
+    def head(self, n: int) -> Sample:
+        return Sample(self.paths[:n], self.labels[:n])
 
-def load_images(manifest: Path, split: str, classes: list[str], pre: Preprocessing, limit: int, seed: int = 0) -> Images:
+
+def sample_split(manifest: Path, split: str, classes: list[str], limit: int, seed: int = 0) -> Sample:
     """Up to ``limit`` usable images of ``split`` (a seeded sample when there are more)."""
     table, stats = manifest_io.read(manifest)
     rows = data.split_rows(table, split).filter(pl.col("label").is_in(classes))
@@ -48,7 +52,13 @@ def load_images(manifest: Path, split: str, classes: list[str], pre: Preprocessi
     if not len(rows):
         raise ExportError(f"{manifest}: no usable {split} images to verify or calibrate with")
     root = Path(stats["config"]["data_root"])
-    return Images(np.stack([preprocess(root / p, pre) for p in rows["path"]]), rows["label"].to_list())
+    return Sample([root / p for p in rows["path"]], rows["label"].to_list())
+
+
+def batches(sample: Sample, pre: Preprocessing, size: int) -> Iterator[np.ndarray]:
+    """Preprocessed float32 batches, made as they are consumed: memory holds one batch."""
+    for start in range(0, len(sample.paths), size):
+        yield np.stack([preprocess(p, pre) for p in sample.paths[start : start + size]])
 
 
 def write_metadata(path: Path, info: ModelInfo) -> None:
@@ -83,18 +93,22 @@ def to_onnx(model, pre: Preprocessing, path: Path, opset: int = OPSET) -> None:
     atomic_write(path, write)
 
 
-def verify(model, path: Path, images: Images, tolerance: float) -> dict:
-    """onnx.checker, then onnxruntime (via the runtime's Classifier) against PyTorch."""
+def verify(model, path: Path, sample: Sample, pre: Preprocessing, tolerance: float) -> dict:
+    """onnx.checker, then onnxruntime (via the runtime's Classifier) against PyTorch on the
+    same preprocessed images."""
     import onnx
     import torch
 
     onnx.checker.check_model(str(path), full_check=True)
     clf = Classifier(path, device="cpu")
+    expected, got = [], []
     with torch.inference_mode():
-        expected = torch.cat([model(torch.from_numpy(b)) for b in np.array_split(images.arrays, max(1, len(images.arrays) // 32))]).numpy()
-    got = np.concatenate([clf.logits(b) for b in np.array_split(images.arrays, max(1, len(images.arrays) // 32))])
+        for batch in batches(sample, pre, 32):
+            expected.append(model(torch.from_numpy(batch)).numpy())
+            got.append(clf.logits(batch))
+    expected, got = np.concatenate(expected), np.concatenate(got)
     result = {
-        "images": len(images.arrays),
+        "images": len(got),
         "max_abs_logit_diff": float(np.abs(expected - got).max()),
         "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
         "tolerance": tolerance,
@@ -107,15 +121,16 @@ def verify(model, path: Path, images: Images, tolerance: float) -> dict:
     return result
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
-    """Static QDQ quantisation, per-channel int8 weights, after onnxruntime's pre-processing
-    (shape inference and graph optimisation that quantisation expects)."""
+def quantize_int8(fp32: Path, out: Path, calibration: Iterator[np.ndarray]) -> None:
+    """Static QDQ quantisation, per-channel int8 weights, min-max calibrated on the batches
+    given, after onnxruntime's pre-processing (the shape inference and graph optimisation that
+    quantisation expects)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 16)))
+            self.batches = calibration
 
         def get_next(self):
             batch = next(self.batches, None)
@@ -139,14 +154,19 @@ def convert_fp16(fp32: Path, out: Path) -> None:
     atomic_write(out, lambda tmp: onnx.save(model, str(tmp)))
 
 
-def score(path: Path, images: Images, classes: list[str], reference: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
-    clf = Classifier(path, device="cpu")
-    predicted = np.concatenate([clf.logits(b).argmax(1) for b in np.array_split(images.arrays, max(1, len(images.arrays) // 32))])
-    report = classification_report(images.labels, [classes[i] for i in predicted], classes)
+def score(path: Path, sample: Sample, classes: list[str], reference: list[str] | None = None) -> tuple[dict, list[str]]:
+    """Accuracy and macro-F1 of one model file, measured the way users run it (Classifier over
+    the files), and its top-1 agreement with ``reference`` predictions."""
+    results = list(Classifier(path, device="cpu").iter_predict(sample.paths, batch_size=32))
+    failed = [r for r in results if r.prediction is None]
+    if failed:
+        raise ExportError(f"{failed[0].source}: {failed[0].error}")
+    predicted = [r.prediction.label for r in results]
+    report = classification_report(sample.labels, predicted, classes)
     result = {"file": path.name, "size_mb": round(path.stat().st_size / 2**20, 2),
               "accuracy": report["accuracy"], "macro_f1": report["macro avg"]["f1"]}
     if reference is not None:
-        result["top1_agreement_with_fp32"] = float((predicted == reference).mean())
+        result["top1_agreement_with_fp32"] = float(np.mean([a == b for a, b in zip(predicted, reference)]))
     return result, predicted
 
 
@@ -170,9 +190,9 @@ def export(
 
     to_onnx(model, pre, out, opset)
     write_metadata(out, info)
-    val = load_images(manifest, "val", classes, pre, eval_images)
+    val = sample_split(manifest, "val", classes, eval_images)
     report = {"checkpoint": str(checkpoint), "opset": opset,
-              "verification": verify(model, out, Images(val.arrays[:verify_images], val.labels[:verify_images]), tolerance)}
+              "verification": verify(model, out, val.head(verify_images), pre, tolerance)}
     fp32_score, fp32_pred = score(out, val, classes)
     report["variants"] = {"fp32": fp32_score}
     print(f"fp32: {out} verified on {report['verification']['images']} val images: top-1 agreement "
@@ -180,8 +200,8 @@ def export(
           file=sys.stderr)
     variants = []
     if int8:
-        calibration = load_images(manifest, "train", classes, pre, calibration_images, seed=1).arrays
-        variants.append(("int8", lambda p: quantize_int8(out, p, calibration)))
+        calibration = sample_split(manifest, "train", classes, calibration_images, seed=1)
+        variants.append(("int8", lambda p: quantize_int8(out, p, batches(calibration, pre, 16))))
     if fp16:
         variants.append(("fp16", lambda p: convert_fp16(out, p)))
     for name, make in variants:
