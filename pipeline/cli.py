@@ -41,7 +41,10 @@ def synth(out: Path, classes: int, per_class: int, test_per_class: int, size: st
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise UserError(f"--size {size!r}: expected WxH, e.g. 192x144") from None
-    planted = write_dataset(out, classes, per_class, test_per_class, seed, (width, height))
+    try:
+        planted = write_dataset(out, classes, per_class, test_per_class, seed, (width, height))
+    except OSError as e:
+        raise UserError(f"{e.filename or out}: cannot write ({e.strerror or e})") from None
     click.echo(f"wrote {planted['train']} training and {planted['test']} test images to {out}; planted: "
                + ", ".join(f"{k} {v}" for k, v in planted.items() if k not in ("train", "test")), err=True)
 
@@ -64,6 +67,8 @@ def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, kee
         summary = engine.run(data_root, out_dir, config, workers=workers, plots=not no_plots)
     except LayoutError as e:
         raise UserError(str(e)) from None
+    except OSError as e:  # the output folder, not the data: bad data files become rows
+        raise UserError(f"{e.filename or out_dir}: cannot write ({e.strerror or e})") from None
     totals = summary["totals"]
     click.echo(
         f"{len(summary['classes'])} classes; train {totals['train']}, val {totals['val']}, test {totals['test']}, "
@@ -122,8 +127,10 @@ def train(resume_dir: Path | None, **options) -> None:
             raise UserError(f"{config.manifest}: manifest not found (run `simpsons manifest DATA_ROOT` first)")
     try:
         best = trainer.train(config, resume=resume_dir is not None)
-    except (WeightsError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except (WeightsError, ValueError, RuntimeError) as e:
         raise UserError(str(e).splitlines()[0]) from None
+    except OSError as e:
+        raise UserError(f"{e.filename or config.out}: {e.strerror or e}") from None
     click.echo(f"best val macro-F1 {best['f1']:.4f} at epoch {best['epoch'] + 1}; checkpoints in {config.out}", err=True)
 
 
@@ -151,6 +158,8 @@ def evaluate(checkpoint: Path, manifest: Path, split: str, out: Path, tta: bool,
         report = evaluate_checkpoint(checkpoint, manifest, split, out, tta, batch_size, workers, device, data_root)
     except (WeightsError, ValueError, RuntimeError) as e:
         raise UserError(str(e).splitlines()[0]) from None
+    except OSError as e:
+        raise UserError(f"{e.filename or out}: {e.strerror or e}") from None
     click.echo(report_table(report))
     click.echo(f"wrote report.json, report.md, confusion.png, predictions.png, predictions.csv to {out}", err=True)
 

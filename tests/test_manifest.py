@@ -208,3 +208,10 @@ def test_near_duplicate_detection_finds_copies_and_keeps_distinct_frames_apart()
     merged = 1 - len(set(frame_groups)) / 300
     assert found >= 0.95, found
     assert merged <= 0.01, merged
+
+
+def test_unwritable_output_is_one_clear_line(dataset: Path, tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = CliRunner().invoke(main, ["manifest", str(dataset), "--out", str(blocker / "out")])
+    assert result.exit_code == 2 and "cannot write" in result.output and result.output.count("\n") == 1
