@@ -70,7 +70,7 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
     if len(fingerprints) != len(cached) or len(cache.shards()) > 1:
         cache.compact(fingerprints)
     df, classes = build(files, fingerprints, config)
-    summary = stats.summarise(df, classes, empty, {"data_root": str(data_root), **asdict(config)})
+    summary = stats.summarise(df, classes, empty, {"data_root": str(data_root.resolve()), **asdict(config)})
     for problem in summary["problems"]:
         print(f"warning: {problem['path']}: {problem['reason']} [{problem['status']}]", file=sys.stderr)
     previous = _read_json(out_dir / STATS)
