@@ -113,8 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Only counts, failures and (for --evaluate) label pairs are kept: memory stays flat.
     start, counts, failures, predicted = time.perf_counter(), Counter(), [], []
     results = clf.iter_predict(files, top_k=args.top_k, batch_size=args.batch_size)
+    bar = None if args.output and not args.quiet else False  # the table on stdout shows progress itself
     try:
-        for row in progress(rows(results, args.top_k), len(files), "classifying", enabled=None if not args.quiet else False):
+        for row in progress(rows(results, args.top_k), len(files), "classifying", enabled=bar):
             writer.write(row)
             if row["label"]:
                 counts[row["label"]] += 1
