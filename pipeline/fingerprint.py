@@ -8,9 +8,8 @@ a rerun over unchanged files reads nothing but the cache.
 from __future__ import annotations
 
 import io
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,8 @@ import xxhash
 from PIL import Image, UnidentifiedImageError
 
 from runtime.labels import is_image_name
-from runtime.preprocess import to_rgb
+from runtime.parallel import in_order
+from runtime.preprocess import ORIENTATION, to_rgb
 
 STATS_MIN_SIZE = 128  # JPEGs decode at the smallest DCT scale keeping both sides >= this
 THUMB_SIZE = 8  # verification thumbnail, RGB
@@ -86,7 +86,7 @@ def fingerprint_bytes(data: bytes, name: str) -> dict:
     try:
         with Image.open(io.BytesIO(data)) as raw:
             fmt, (width, height) = raw.format, raw.size
-            if (raw.getexif().get(0x0112) or 1) in (5, 6, 7, 8):  # rotated 90 degrees by EXIF
+            if (raw.getexif().get(ORIENTATION) or 1) in (5, 6, 7, 8):  # rotated 90 degrees by EXIF
                 width, height = height, width
             if fmt == "JPEG":
                 raw.draft("RGB", (STATS_MIN_SIZE, STATS_MIN_SIZE))
@@ -122,18 +122,6 @@ def fingerprint_file(root: Path, key: dict) -> dict:
     return {**key, **fingerprint_bytes(data, key["path"])}
 
 
-def _in_order(pool: ThreadPoolExecutor, root: Path, keys: list[dict], window: int) -> Iterator[dict]:
-    """Results in key order with at most ``window`` files in flight, so an interrupted run
-    stops at once instead of finishing every queued file."""
-    pending: deque[Future] = deque()
-    for key in keys:
-        pending.append(pool.submit(fingerprint_file, root, key))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 def fingerprint(
     files: pl.DataFrame,
     root: Path,
@@ -156,8 +144,9 @@ def fingerprint(
         chunk.clear()
 
     with ThreadPoolExecutor(workers) as pool:
-        for row in progress(_in_order(pool, root, todo, 4 * workers), len(todo)):
-            chunk.append(row)
+        computed = in_order(pool, lambda key: fingerprint_file(root, key), todo, 4 * workers)
+        for _, future in progress(computed, len(todo)):
+            chunk.append(future.result())
             if len(chunk) == chunk_size:
                 save()
         if chunk:

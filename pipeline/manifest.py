@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import dedupe, split, stats
+from pipeline import plots as plots_module
 from pipeline.fingerprint import FINGERPRINT_SCHEMA, KEY, fingerprint
 from pipeline.io import ShardCache, write_json, write_parquet
 from pipeline.scan import scan
@@ -23,7 +24,6 @@ from runtime.progress import progress
 
 MANIFEST = "manifest.parquet"
 STATS = "stats.json"
-PLOTS = ("classes_trainval.png", "classes_test.png")
 CACHE_CHUNK = 256  # files fingerprinted between two cache saves
 COLUMNS = [
     "path", "label", "split", "status", "reason", "source", "hash", "size_bytes", "width", "height",
@@ -76,11 +76,9 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
     previous = _read_json(out_dir / STATS)
     write_parquet(out_dir / MANIFEST, df)
     write_json(out_dir / STATS, summary)
-    unchanged = previous.get("counts") == summary["counts"] and all((out_dir / n).is_file() for n in PLOTS)
+    unchanged = previous.get("counts") == summary["counts"] and all((out_dir / n).is_file() for n in plots_module.CHARTS)
     if plots and not unchanged:
-        from pipeline.plots import class_distribution
-
-        class_distribution(summary["counts"], classes, out_dir)
+        plots_module.class_distribution(summary["counts"], classes, out_dir)
     return summary
 
 

@@ -6,13 +6,14 @@ from pathlib import Path
 
 from pipeline import figures
 
+CHARTS = {"classes_trainval.png": ("train", "val"), "classes_test.png": ("test",)}  # file -> splits
+
 
 def class_distribution(counts: dict[str, dict[str, int]], classes: list[str], out_dir: Path) -> list[Path]:
     """``classes_trainval.png`` (train and val stacked) and ``classes_test.png``."""
     plt = figures.pyplot()
     written = []
-    charts = {"classes_trainval.png": ("train", "val"), "classes_test.png": ("test",)}
-    for name, splits in charts.items():
+    for name, splits in CHARTS.items():
         fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(classes) + 1)))
         left = [0] * len(classes)
         for split in splits:

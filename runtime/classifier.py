@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from runtime.metadata import INPUT_NAME, MetadataError, ModelInfo, decode
+from runtime.parallel import in_order
 from runtime.preprocess import ImageSource, preprocess
 
 
@@ -75,9 +75,9 @@ def _session(path: Path, device: str, threads: int | None):
     want_cuda = device in ("cuda", "auto") and "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not want_cuda:
         raise DeviceError("--device cuda: this onnxruntime build has no CUDA provider (install onnxruntime-gpu)")
-    if device == "cuda" and not nvidia_driver():
-        raise DeviceError("--device cuda: no NVIDIA driver on this machine (libcuda not found); use --device cpu or auto")
     want_cuda = want_cuda and nvidia_driver()
+    if device == "cuda" and not want_cuda:
+        raise DeviceError("--device cuda: no NVIDIA driver on this machine (libcuda not found); use --device cpu or auto")
     if want_cuda and hasattr(ort, "preload_dlls"):
         try:  # CUDA/cuDNN from the nvidia-* wheels torch installs, when present
             ort.preload_dlls(directory="")
@@ -140,25 +140,16 @@ class Classifier:
         """Results in input order. Decoding runs in a thread pool while the model runs; at most
         a few batches are in flight, so memory stays flat however many files there are."""
         pre = self.info.preprocessing
-        in_flight: deque[tuple[ImageSource, Future]] = deque()
         ready: list[tuple[ImageSource, np.ndarray | str]] = []  # an array, or why there is none
         with ThreadPoolExecutor(self.workers) as pool:
-
-            def drain(limit: int) -> Iterator[Result]:
-                while len(in_flight) > limit:
-                    source, future = in_flight.popleft()
-                    try:
-                        ready.append((source, future.result()))
-                    except Exception as e:  # noqa: BLE001 - a bad file is a row, not a crash
-                        ready.append((source, _describe(e)))
-                    if len(ready) == batch_size:
-                        yield from self._run(ready, top_k)
-                        ready.clear()
-
-            for item in items:
-                in_flight.append((item, pool.submit(preprocess, item, pre)))
-                yield from drain(limit=2 * batch_size)
-            yield from drain(limit=0)
+            for source, future in in_order(pool, lambda item: preprocess(item, pre), items, 2 * batch_size):
+                try:
+                    ready.append((source, future.result()))
+                except Exception as e:  # noqa: BLE001 - a bad file is a row, not a crash
+                    ready.append((source, _describe(e)))
+                if len(ready) == batch_size:
+                    yield from self._run(ready, top_k)
+                    ready.clear()
             yield from self._run(ready, top_k)
 
     def _run(self, ready: Sequence[tuple[ImageSource, np.ndarray | str]], top_k: int) -> Iterator[Result]:

@@ -19,13 +19,13 @@ from runtime.metadata import Preprocessing
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-_ORIENTATION = 0x0112
+ORIENTATION = 0x0112  # the EXIF tag
 _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any mode (P, LA, RGBA, CMYK, I;16, L) to RGB; transparency is flattened onto white."""
-    if img.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when nothing turns
+    if img.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies even when nothing turns
         img = ImageOps.exif_transpose(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
