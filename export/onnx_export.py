@@ -1,34 +1,52 @@
-"""Checkpoint -> self-describing ONNX, verified against PyTorch, plus int8 and fp16 variants.
+"""Checkpoint -> self-describing ONNX, verified against PyTorch, plus int8, fp16 and portable
+variants, each with its ``.json`` sidecar.
 
-The file carries everything a consumer needs (classes, normalisation, resize rule,
-architecture, config hash: see ``runtime.metadata``). Verification and the variants' accuracy
-use the runtime's own ``Classifier`` and ``preprocess``, i.e. exactly what users will run.
+The file carries everything a consumer needs (classes, normalisation, resize rule, temperature,
+the open-set score's name and threshold: see ``runtime.metadata``). The graph has three
+outputs: ``logits``, ``features`` (L2-normalised, for similarity search) and ``ood_score``.
+Verification, each variant's accuracy and its unknown threshold use the runtime's own
+``Classifier``, i.e. exactly what users will run.
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from pipeline import data, manifest as manifest_io
+from pipeline.calibration import Network
+from pipeline.checkpoint import load_model
 from pipeline.io import atomic_write, write_json
-from pipeline.model import checkpoint_preprocessing, load_checkpoint
 from runtime.classifier import Classifier
-from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo, Preprocessing, encode
+from runtime.errors import SimpsonsError
+from runtime.metadata import (
+    FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, Preprocessing, encode, sidecar, sidecar_path,
+)
 from runtime.metrics import classification_report
+from runtime.openset import ACCEPT_KNOWN, threshold_for
 from runtime.preprocess import preprocess
 
+log = logging.getLogger("simpsons.export")
 OPSET = 18
 TOLERANCE = 1e-3  # max |logit difference| between onnxruntime fp32 and PyTorch
+PORTABLE_AGREEMENT = 0.995  # least top-1 agreement of a portable model with the Python runtime
+LAYOUTS = {  # what each tensor holds, for the sidecar's readers
+    "tensor(float)": "NCHW float32, RGB, preprocessed as 'preprocessing' says",
+    "tensor(uint8)": "NHWC uint8, RGB 0-255 as decoded, any height and width",
+    LOGITS: "N x classes, before temperature and softmax",
+    PROBABILITIES: "N x classes, calibrated (temperature applied), sums to 1",
+    FEATURES: "N x D, L2-normalised penultimate features (cosine similarity = dot product)",
+    OOD_SCORE: "N, higher = less like any known class; above ood_threshold the verdict is 'unknown'",
+}
 
 
-class ExportError(RuntimeError):
+class ExportError(SimpsonsError):
     """Export or verification failed; the message says which and why."""
 
 
@@ -43,15 +61,16 @@ class Sample:
         return Sample(self.paths[:n], self.labels[:n])
 
 
-def sample_split(manifest: Path, split: str, classes: list[str], limit: int, seed: int = 0) -> Sample:
+def sample_split(table: pl.DataFrame, root: Path, split: str, classes: list[str], limit: int, seed: int = 0) -> Sample:
     """Up to ``limit`` usable images of ``split`` (a seeded sample when there are more)."""
-    table, stats = manifest_io.read(manifest)
     rows = data.split_rows(table, split).filter(pl.col("label").is_in(classes))
     if len(rows) > limit:
         rows = rows.sample(limit, seed=seed).sort("path")
     if not len(rows):
-        raise ExportError(f"{manifest}: no usable {split} images to verify or calibrate with")
-    root = Path(stats["config"]["data_root"])
+        raise ExportError(f"no usable {split} images in the manifest to verify or calibrate with")
+    missing = [p for p in rows["path"] if not (root / p).is_file()]
+    if missing:
+        raise ExportError(f"{root / missing[0]}: {split} image not found ({len(missing)} missing; moved data? pass --data-root)")
     return Sample([root / p for p in rows["path"]], rows["label"].to_list())
 
 
@@ -61,7 +80,23 @@ def batches(sample: Sample, pre: Preprocessing, size: int) -> Iterator[np.ndarra
         yield np.stack([preprocess(p, pre) for p in sample.paths[start : start + size]])
 
 
+def _value_info(value) -> dict:
+    kind = value.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in kind.shape.dim]
+    import onnx
+
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type).name
+    layout = LAYOUTS.get(value.name) or LAYOUTS.get(f"tensor({'float' if dtype == 'float32' else dtype})", "")
+    return {"name": value.name, "dtype": dtype, "shape": shape, "layout": layout}
+
+
+def _described(values) -> str:
+    return ", ".join(f"{v.name} ({_value_info(v)['layout']})" for v in values)
+
+
 def write_metadata(path: Path, info: ModelInfo) -> None:
+    """Put ``info`` into the file's ``metadata_props``, then write the sidecar beside it
+    (after, because the sidecar holds the final file's sha256)."""
     import onnx
 
     model = onnx.load(str(path))
@@ -69,14 +104,16 @@ def write_metadata(path: Path, info: ModelInfo) -> None:
     for key, value in encode(info).items():
         model.metadata_props.add(key=key, value=value)
     model.doc_string = (
-        f"Simpsons character classifier ({info.arch}, {len(info.classes)} classes). Input "
-        f"'{INPUT_NAME}': float32 [N,3,{info.preprocessing.image_size},{info.preprocessing.image_size}], "
-        f"{info.preprocessing.describe()}. Output '{OUTPUT_NAME}': float32 [N,{len(info.classes)}] logits."
+        f"Simpsons character classifier ({info.arch}, {len(info.classes)} classes, {info.variant}). "
+        f"Inputs: {_described(model.graph.input)}. Outputs: {_described(model.graph.output)}. "
+        f"Preprocessing (plain models): {info.preprocessing.describe()}."
     )
     atomic_write(path, lambda tmp: onnx.save(model, str(tmp)))
+    content = sidecar(info, path, [_value_info(v) for v in model.graph.input], [_value_info(v) for v in model.graph.output])
+    write_json(sidecar_path(path), content)
 
 
-def to_onnx(model, pre: Preprocessing, path: Path, opset: int = OPSET) -> None:
+def to_onnx(network, pre: Preprocessing, path: Path, opset: int = OPSET) -> None:
     """torch.export-based exporter: one self-contained file (no external data), a dynamic
     batch axis, the graph optimised by onnxscript."""
     import torch
@@ -86,37 +123,44 @@ def to_onnx(model, pre: Preprocessing, path: Path, opset: int = OPSET) -> None:
 
     def write(tmp: Path) -> None:
         torch.onnx.export(
-            model.eval(), (dummy,), str(tmp), dynamo=True, opset_version=opset, external_data=False,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), verbose=False,
+            network.eval(), (dummy,), str(tmp), dynamo=True, opset_version=opset, external_data=False,
+            input_names=[INPUT_NAME], output_names=[LOGITS, FEATURES, OOD_SCORE], dynamic_shapes=({0: batch},),
+            verbose=False,
         )
 
     atomic_write(path, write)
 
 
-def verify(model, path: Path, sample: Sample, pre: Preprocessing, tolerance: float) -> dict:
-    """onnx.checker, then onnxruntime (via the runtime's Classifier) against PyTorch on the
-    same preprocessed images."""
+def verify(network, path: Path, sample: Sample, pre: Preprocessing, tolerance: float) -> dict:
+    """onnx.checker, then onnxruntime against PyTorch on the same preprocessed images: every
+    output, so the open-set score is checked along with the logits."""
     import onnx
     import torch
 
     onnx.checker.check_model(str(path), full_check=True)
-    clf = Classifier(path, device="cpu")
+    clf = Classifier(path, device="cpu", unknown=False)
+    names = [o.name for o in clf.session.get_outputs()]
     expected, got = [], []
     with torch.inference_mode():
         for batch in batches(sample, pre, 32):
-            expected.append(model(torch.from_numpy(batch)).numpy())
-            got.append(clf.logits(batch))
-    expected, got = np.concatenate(expected), np.concatenate(got)
+            expected.append([t.numpy() for t in network(torch.from_numpy(batch))])
+            got.append(clf.session.run(None, {INPUT_NAME: batch}))
+    expected = dict(zip((LOGITS, FEATURES, OOD_SCORE), (np.concatenate(parts) for parts in zip(*expected))))
+    got = dict(zip(names, (np.concatenate(parts) for parts in zip(*got))))
     result = {
-        "images": len(got),
-        "max_abs_logit_diff": float(np.abs(expected - got).max()),
-        "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
+        "images": len(got[LOGITS]),
+        "max_abs_logit_diff": float(np.abs(expected[LOGITS] - got[LOGITS]).max()),
+        "max_abs_feature_diff": float(np.abs(expected[FEATURES] - got[FEATURES]).max()),
+        "max_abs_ood_score_diff": float(np.abs(expected[OOD_SCORE] - got[OOD_SCORE].reshape(-1)).max()),
+        "top1_agreement": float((expected[LOGITS].argmax(1) == got[LOGITS].argmax(1)).mean()),
         "tolerance": tolerance,
     }
-    if result["top1_agreement"] < 1.0 or result["max_abs_logit_diff"] > tolerance:
+    worst = max(result["max_abs_logit_diff"], result["max_abs_ood_score_diff"])
+    if result["top1_agreement"] < 1.0 or worst > tolerance:
         raise ExportError(
             f"{path}: onnxruntime disagrees with PyTorch (top-1 agreement {result['top1_agreement']:.4f}, "
-            f"max |logit diff| {result['max_abs_logit_diff']:.2e} > {tolerance:.0e})"
+            f"max |logit diff| {result['max_abs_logit_diff']:.2e}, max |ood_score diff| "
+            f"{result['max_abs_ood_score_diff']:.2e}; tolerance {tolerance:.0e})"
         )
     return result
 
@@ -154,65 +198,120 @@ def convert_fp16(fp32: Path, out: Path) -> None:
     atomic_write(out, lambda tmp: onnx.save(model, str(tmp)))
 
 
-def score(path: Path, sample: Sample, classes: list[str], reference: list[str] | None = None) -> tuple[dict, list[str]]:
-    """Accuracy and macro-F1 of one model file, measured the way users run it (Classifier over
-    the files), and its top-1 agreement with ``reference`` predictions."""
-    results = list(Classifier(path, device="cpu").iter_predict(sample.paths, batch_size=32))
+@dataclass(frozen=True)
+class Scored:
+    """One model file run over the val sample the way users run it (Classifier over files)."""
+
+    labels: list[str]
+    probabilities: np.ndarray  # N x classes
+    ood: np.ndarray | None  # N
+
+
+def score(path: Path, sample: Sample, classes: list[str]) -> Scored:
+    results = list(Classifier(path, device="cpu", unknown=False).iter_predict(sample.paths, top_k=len(classes), batch_size=32))
     failed = [r for r in results if r.prediction is None]
     if failed:
         raise ExportError(f"{failed[0].source}: {failed[0].error}")
-    predicted = [r.prediction.label for r in results]
-    report = classification_report(sample.labels, predicted, classes)
-    result = {"file": path.name, "size_mb": round(path.stat().st_size / 2**20, 2),
+    index = {c: i for i, c in enumerate(classes)}
+    probs = np.zeros((len(results), len(classes)), dtype=np.float32)
+    for row, r in enumerate(results):
+        for label, p in r.prediction.top_k:
+            probs[row, index[label]] = p
+    ood = [r.prediction.ood_score for r in results]
+    return Scored([classes[i] for i in probs.argmax(1)], probs, None if None in ood else np.array(ood))
+
+
+def finish(path: Path, info: ModelInfo, val: Sample, classes: list[str], accept_known: float, reference: Scored | None = None) -> tuple[dict, Scored]:
+    """Score one written model on val, choose its own unknown threshold there, and write its
+    metadata and sidecar; returns the variant's report and its scores."""
+    write_metadata(path, info)
+    scored = score(path, val, classes)
+    report = classification_report(val.labels, scored.labels, classes)
+    result = {"file": path.name, "sidecar": sidecar_path(path).name, "size_mb": round(path.stat().st_size / 2**20, 2),
               "accuracy": report["accuracy"], "macro_f1": report["macro avg"]["f1"]}
     if reference is not None:
-        result["top1_agreement_with_fp32"] = float(np.mean([a == b for a, b in zip(predicted, reference)]))
-    return result, predicted
+        result["top1_agreement_with_reference"] = float(np.mean([a == b for a, b in zip(scored.labels, reference.labels)]))
+        result["max_abs_probability_diff"] = float(np.abs(scored.probabilities - reference.probabilities).max())
+    threshold, problem = threshold_for(scored.ood, accept_known) if scored.ood is not None else (None, "no ood_score output")
+    if problem:
+        log.warning("%s: %s", path.name, problem)
+    else:
+        result.update(ood_threshold=threshold, accept_known=accept_known, val_known_accepted=float((scored.ood <= threshold).mean()))
+    write_metadata(path, info.with_threshold(threshold, accept_known))
+    return result, scored
+
+
+def _log_variant(name: str, v: dict, fp32: dict) -> None:
+    agreement = f", agreement {v['top1_agreement_with_reference']:.2%}, max |prob diff| {v['max_abs_probability_diff']:.1e}" \
+        if "top1_agreement_with_reference" in v else ""
+    threshold = f"; unknown threshold {v['ood_threshold']:.4g}" if "ood_threshold" in v else "; no unknown threshold"
+    log.info("%s: %s: accuracy %.4f (fp32 %.4f), macro-F1 %.4f%s%s",
+             name, v["file"], v["accuracy"], fp32["accuracy"], v["macro_f1"], agreement, threshold)
 
 
 def export(
     checkpoint: Path, out: Path, manifest: Path | None = None, int8: bool = False, fp16: bool = False,
-    tolerance: float = TOLERANCE, verify_images: int = 64, calibration_images: int = 512, eval_images: int = 2000,
-    opset: int = OPSET,
+    portable: bool = False, accept_known: float = ACCEPT_KNOWN, tolerance: float = TOLERANCE,
+    verify_images: int = 64, calibration_images: int = 512, eval_images: int = 2000,
+    data_root: Path | None = None, opset: int = OPSET,
 ) -> dict:
-    """Write ``out`` (+ ``.int8.onnx`` / ``.fp16.onnx``) and ``<out>.report.json``; returns the report."""
-    model, ckpt = load_checkpoint(checkpoint)
-    pre, classes = checkpoint_preprocessing(ckpt), list(ckpt["classes"])
-    manifest = manifest or Path(ckpt["config"]["manifest"])
+    """Write ``out`` (+ ``.int8.onnx``, ``.fp16.onnx``, ``.portable.onnx``,
+    ``.portable.int8.onnx``), a ``.json`` sidecar for each, and ``<out>.report.json``."""
+    from export.portable import make_portable, preprocessing_nodes
+
+    model, ckpt = load_model(checkpoint)
+    pre, classes, cal = ckpt.preprocessing, list(ckpt.classes), ckpt.calibration
+    if portable:
+        preprocessing_nodes(pre)  # fails now, in one line, if the graph cannot express it
+    manifest = manifest or Path(ckpt.config.get("manifest", ""))
     if not manifest.is_file():
         raise ExportError(f"{manifest}: manifest not found (pass --manifest); export verifies on its val images")
-    info = ModelInfo(classes=tuple(classes), preprocessing=pre, arch=ckpt["arch"], config_hash=ckpt.get("config_hash", ""))
+    table, stats = manifest_io.read(manifest)
+    root = manifest_io.data_root(stats, data_root or ckpt.config.get("data_root"))
+    info = ModelInfo(classes=tuple(classes), preprocessing=pre, arch=ckpt.arch, config_hash=ckpt.config_hash,
+                     temperature=cal.temperature, ood_score=cal.ood_score)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out.parent).close()
     except OSError as e:
         raise ExportError(f"{out}: cannot write there ({e.strerror or e})") from None
 
-    to_onnx(model, pre, out, opset)
+    network = Network(model, cal, len(classes)).eval()
+    val = sample_split(table, root, "val", classes, eval_images)
+    to_onnx(network, pre, out, opset)
     write_metadata(out, info)
-    val = sample_split(manifest, "val", classes, eval_images)
-    report = {"checkpoint": str(checkpoint), "opset": opset,
-              "verification": verify(model, out, val.head(verify_images), pre, tolerance)}
-    fp32_score, fp32_pred = score(out, val, classes)
-    report["variants"] = {"fp32": fp32_score}
-    print(f"fp32: {out} verified on {report['verification']['images']} val images: top-1 agreement "
-          f"{report['verification']['top1_agreement']:.2%}, max |logit diff| {report['verification']['max_abs_logit_diff']:.2e}",
-          file=sys.stderr)
-    variants = []
+    report = {"checkpoint": str(checkpoint), "opset": opset, "calibration": {
+        "temperature": cal.temperature, "ood_score": cal.ood_score, "accept_known": accept_known},
+        "verification": verify(network, out, val.head(verify_images), pre, tolerance)}
+    check = report["verification"]
+    log.info("fp32: %s verified on %d val images: top-1 agreement %.2f%%, max |logit diff| %.2e",
+             out, check["images"], 100 * check["top1_agreement"], check["max_abs_logit_diff"])
+    fp32, fp32_scored = finish(out, info, val, classes, accept_known)
+    report["variants"] = {"fp32": fp32}
+    scored = {"fp32": fp32_scored}
+
+    # (name, file, how to make it from the files before it, the variant it must agree with)
+    plan: list[tuple[str, Path, Callable[[Path], None], str]] = []
     if int8:
-        calibration = sample_split(manifest, "train", classes, calibration_images, seed=1)
-        variants.append(("int8", lambda p: quantize_int8(out, p, batches(calibration, pre, 16))))
+        train = sample_split(table, root, "train", classes, calibration_images, seed=1)
+        plan.append(("int8", out.with_suffix(".int8.onnx"), lambda p: quantize_int8(out, p, batches(train, pre, 16)), "fp32"))
     if fp16:
-        variants.append(("fp16", lambda p: convert_fp16(out, p)))
-    for name, make in variants:
-        path = out.with_suffix(f".{name}.onnx")
+        plan.append(("fp16", out.with_suffix(".fp16.onnx"), lambda p: convert_fp16(out, p), "fp32"))
+    if portable:
+        plan.append(("portable", out.with_suffix(".portable.onnx"), lambda p: make_portable(out, p, pre, cal.temperature), "fp32"))
+        if int8:
+            int8_path = out.with_suffix(".int8.onnx")
+            plan.append(("portable-int8", out.with_suffix(".portable.int8.onnx"),
+                         lambda p: make_portable(int8_path, p, pre, cal.temperature), "int8"))
+    for name, path, make, reference in plan:
         make(path)
-        write_metadata(path, info)
-        report["variants"][name], _ = score(path, val, classes, fp32_pred)
-        v = report["variants"][name]
-        print(f"{name}: {path}: accuracy {v['accuracy']:.4f} (fp32 {fp32_score['accuracy']:.4f}), macro-F1 "
-              f"{v['macro_f1']:.4f} (fp32 {fp32_score['macro_f1']:.4f}), agreement with fp32 "
-              f"{v['top1_agreement_with_fp32']:.2%}", file=sys.stderr)
+        result, scored[name] = finish(path, replace(info, variant=name), val, classes, accept_known, scored[reference])
+        result["reference"] = reference
+        report["variants"][name] = result
+        _log_variant(name, result, fp32)
+        if name.startswith("portable") and result["top1_agreement_with_reference"] < PORTABLE_AGREEMENT:
+            raise ExportError(f"{path}: the portable model agrees with the Python runtime ({reference}) on only "
+                              f"{result['top1_agreement_with_reference']:.2%} of val images (needs {PORTABLE_AGREEMENT:.1%})")
     report["eval_images"] = len(val.labels)
     write_json(out.with_suffix(".report.json"), report)
     return report

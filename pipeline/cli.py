@@ -6,10 +6,19 @@ Heavy libraries (torch, torchvision, onnx) are imported inside the commands that
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
+
+from runtime.errors import SimpsonsError
+from runtime.logs import to_stderr
+
+
+def debug() -> bool:
+    """``SIMPSONS_DEBUG=1``: every error keeps its traceback."""
+    return os.environ.get("SIMPSONS_DEBUG", "") not in ("", "0")
 
 
 class UserError(click.ClickException):
@@ -17,11 +26,35 @@ class UserError(click.ClickException):
 
     exit_code = 2
 
-    def show(self, file=None) -> None:
-        click.echo(f"simpsons: error: {self.message}", err=True)
+
+class Commands(click.Group):
+    """Errors a user can act on (the project's own, OSError, click's usage errors) become one
+    line and exit 2; Ctrl-C exits 130; anything else is a bug and keeps its traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        to_stderr("simpsons")
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.Abort:
+            click.echo("simpsons: interrupted", err=True)
+            sys.exit(130)
+        except (click.ClickException, SimpsonsError, OSError) as e:
+            if debug() and not isinstance(e, click.UsageError):
+                raise
+            click.echo(f"simpsons: error: {one_line(e)}", err=True)
+            sys.exit(e.exit_code if isinstance(e, click.ClickException) else 2)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def one_line(error: Exception) -> str:
+    if isinstance(error, click.ClickException):
+        return error.format_message().splitlines()[0]
+    if isinstance(error, OSError) and not isinstance(error, SimpsonsError):
+        return f"{error.filename or ''}: {error.strerror or error}".lstrip(": ")
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def main() -> None:
     """Simpsons character classifier: data engine, training, evaluation and export."""
 
@@ -31,11 +64,13 @@ def main() -> None:
 @click.option("--classes", type=click.IntRange(2, 42), default=42, help="how many of the 42 class names to draw")
 @click.option("--per-class", type=click.IntRange(1), default=60, help="training frames per class")
 @click.option("--test-per-class", type=click.IntRange(0), default=6, help="small test images per class")
+@click.option("--unknown", type=click.IntRange(0), default=0,
+              help="also draw this many frames of characters outside the classes (and empty rooms) into OUT/unknown")
 @click.option("--size", default="192x144", help="training frame size WxH (test images are a third of it)")
 @click.option("--seed", type=int, default=0)
-def synth(out: Path, classes: int, per_class: int, test_per_class: int, size: str, seed: int) -> None:
+def synth(out: Path, classes: int, per_class: int, test_per_class: int, unknown: int, size: str, seed: int) -> None:
     """Draw a built-in demo data set of cartoon characters in the Kaggle layout under OUT."""
-    from pipeline.synth import write_dataset
+    from pipeline.synth import write_dataset, write_unknown
 
     try:
         width, height = (int(v) for v in size.lower().split("x"))
@@ -43,6 +78,8 @@ def synth(out: Path, classes: int, per_class: int, test_per_class: int, size: st
         raise UserError(f"--size {size!r}: expected WxH, e.g. 192x144") from None
     try:
         planted = write_dataset(out, classes, per_class, test_per_class, seed, (width, height))
+        if unknown:
+            planted["unknown"] = write_unknown(out / "unknown", classes, unknown, seed, (width // 3, height // 3))
     except OSError as e:
         raise UserError(f"{e.filename or out}: cannot write ({e.strerror or e})") from None
     click.echo(f"wrote {planted['train']} training and {planted['test']} test images to {out}; planted: "
@@ -60,13 +97,10 @@ def synth(out: Path, classes: int, per_class: int, test_per_class: int, size: st
 def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, keep_leaks: bool, workers: int | None, no_plots: bool) -> None:
     """Scan DATA_ROOT (Kaggle layout) into OUT/manifest.parquet and OUT/stats.json."""
     from pipeline import manifest as engine
-    from pipeline.scan import LayoutError
 
     config = engine.ManifestConfig(val_fraction=val_fraction, seed=seed, keep_leaks=keep_leaks)
     try:
         summary = engine.run(data_root, out_dir, config, workers=workers, plots=not no_plots)
-    except LayoutError as e:
-        raise UserError(str(e)) from None
     except OSError as e:  # the output folder, not the data: bad data files become rows
         raise UserError(f"{e.filename or out_dir}: cannot write ({e.strerror or e})") from None
     totals = summary["totals"]
@@ -110,13 +144,9 @@ def _train_config(options: dict):
 @click.option("--data-root", default=None, help="where the manifest's paths live (default: as recorded in stats.json)")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None, help="continue RUN_DIR exactly from its last.pt and config.json (other options ignored)")
 def train(resume_dir: Path | None, **options) -> None:
-    """Fine-tune a classifier on the manifest's train split, selecting on val macro-F1."""
-    try:
-        from pipeline import train as trainer
-        from pipeline.model import WeightsError
-    except ImportError as e:
-        raise UserError(f"training needs the [train] extra ({e.name} is missing): pip install '.[train]'") from None
-
+    """Fine-tune a classifier on the manifest's train split, selecting on val macro-F1, then
+    calibrate the best checkpoint (temperature, unknown threshold) on val."""
+    trainer = _heavy("pipeline.train", "training")
     if resume_dir is not None:
         if not (resume_dir / "last.pt").is_file() or not (resume_dir / "config.json").is_file():
             raise UserError(f"{resume_dir}: nothing to resume (needs last.pt and config.json)")
@@ -125,13 +155,18 @@ def train(resume_dir: Path | None, **options) -> None:
         config = _train_config(options)
         if not Path(config.manifest).is_file():
             raise UserError(f"{config.manifest}: manifest not found (run `simpsons manifest DATA_ROOT` first)")
-    try:
-        best = trainer.train(config, resume=resume_dir is not None)
-    except (WeightsError, ValueError, RuntimeError) as e:
-        raise UserError(str(e).splitlines()[0]) from None
-    except OSError as e:
-        raise UserError(f"{e.filename or config.out}: {e.strerror or e}") from None
+    best = trainer.train(config, resume=resume_dir is not None)
     click.echo(f"best val macro-F1 {best['f1']:.4f} at epoch {best['epoch'] + 1}; checkpoints in {config.out}", err=True)
+
+
+def _heavy(module: str, what: str):
+    """Import a module that needs the [train] extra, or say in one line what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise UserError(f"{what} needs the [train] extra ({e.name} is missing): pip install '.[train]'") from None
 
 
 @main.command()
@@ -140,51 +175,46 @@ def train(resume_dir: Path | None, **options) -> None:
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/eval"))
 @click.option("--tta", is_flag=True, help="average with the horizontally flipped image")
+@click.option("--unknown", "unknown_dir", type=click.Path(path_type=Path), default=None,
+              help="a folder of images of characters outside the classes: report how well the unknown verdict separates them")
 @click.option("--batch-size", type=click.IntRange(1), default=64)
 @click.option("--workers", type=click.IntRange(0), default=2)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--data-root", default=None)
-def evaluate(checkpoint: Path, manifest: Path, split: str, out: Path, tta: bool, batch_size: int, workers: int, device: str, data_root: str | None) -> None:
-    """Per-class precision/recall/F1, confusion matrix and a picture grid for one split."""
-    try:
-        from pipeline.evaluate import evaluate_checkpoint
-        from pipeline.model import WeightsError
-        from runtime.metrics import report_table
-    except ImportError as e:
-        raise UserError(f"evaluation needs the [train] extra ({e.name} is missing): pip install '.[train]'") from None
+@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="where the manifest's paths live (default: as recorded in stats.json)")
+def evaluate(checkpoint: Path, manifest: Path, split: str, out: Path, tta: bool, unknown_dir: Path | None, batch_size: int,
+             workers: int, device: str, data_root: Path | None) -> None:
+    """Per-class precision/recall/F1, calibration (ECE, NLL, reliability.png), confusion matrix,
+    a picture grid and, with --unknown, the unknown verdict's AUROC and FPR, for one split."""
+    evaluation = _heavy("pipeline.evaluate", "evaluation")
     if not manifest.is_file():
         raise UserError(f"{manifest}: manifest not found")
-    try:
-        report = evaluate_checkpoint(checkpoint, manifest, split, out, tta, batch_size, workers, device, data_root)
-    except (WeightsError, ValueError, RuntimeError) as e:
-        raise UserError(str(e).splitlines()[0]) from None
-    except OSError as e:
-        raise UserError(f"{e.filename or out}: {e.strerror or e}") from None
-    click.echo(report_table(report))
-    click.echo(f"wrote report.json, report.md, confusion.png, predictions.png, predictions.csv to {out}", err=True)
+    report = evaluation.evaluate_checkpoint(checkpoint, manifest, split, out, tta, batch_size, workers, device, data_root, unknown_dir)
+    click.echo(evaluation.markdown(report, "", checkpoint).split("\n", 2)[2])
+    click.echo(f"wrote report.json, report.md, confusion.png, reliability.png, predictions.png, predictions.csv to {out}", err=True)
 
 
 @main.command(name="export")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=Path("out/run/best.pt"))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/model.onnx"))
 @click.option("--manifest", type=click.Path(path_type=Path), default=None, help="for verification and calibration images (default: the training manifest)")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="where the manifest's paths live (default: as recorded at training)")
 @click.option("--int8", is_flag=True, help="also write a static-quantised int8 model (CPU)")
 @click.option("--fp16", is_flag=True, help="also write a float16 model (GPU)")
+@click.option("--portable", is_flag=True, help="also write model.portable.onnx: uint8 pixels in, preprocessing and softmax inside (browsers, Node, any ONNX runtime)")
+@click.option("--accept-known", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
+              help="the unknown threshold accepts this share of known val images")
 @click.option("--tolerance", type=float, default=1e-3, help="max |logit difference| to PyTorch")
-@click.option("--eval-images", type=click.IntRange(1), default=2000, help="val images used to score each variant")
+@click.option("--eval-images", type=click.IntRange(1), default=2000, help="val images used to score each variant and choose its threshold")
 @click.option("--calibration-images", type=click.IntRange(1), default=512, help="train images for int8 calibration (min-max)")
-def export_command(checkpoint: Path, out: Path, manifest: Path | None, int8: bool, fp16: bool, tolerance: float, eval_images: int, calibration_images: int) -> None:
-    """Export a checkpoint to ONNX with its metadata, verify it, and add int8/fp16 variants."""
-    try:
-        from export.onnx_export import ExportError, export
-        from pipeline.model import WeightsError
-    except ImportError as e:
-        raise UserError(f"export needs the [train] extra ({e.name} is missing): pip install '.[train]'") from None
-    try:
-        report = export(checkpoint, out, manifest, int8, fp16, tolerance, eval_images=eval_images, calibration_images=calibration_images)
-    except (ExportError, WeightsError, ValueError) as e:
-        raise UserError(str(e)) from None
-    click.echo(f"wrote {', '.join(v['file'] for v in report['variants'].values())} and {out.with_suffix('.report.json').name} in {out.parent}", err=True)
+def export_command(checkpoint: Path, out: Path, manifest: Path | None, data_root: Path | None, int8: bool, fp16: bool, portable: bool,
+                   accept_known: float, tolerance: float, eval_images: int, calibration_images: int) -> None:
+    """Export a checkpoint to ONNX with its metadata and sidecar, verify it, and add int8, fp16
+    and portable variants."""
+    exporter = _heavy("export.onnx_export", "export")
+    report = exporter.export(checkpoint, out, manifest, int8, fp16, portable, accept_known, tolerance,
+                             eval_images=eval_images, calibration_images=calibration_images, data_root=data_root)
+    files = [name for v in report["variants"].values() for name in (v["file"], v["sidecar"])]
+    click.echo(f"wrote {', '.join(files)} and {out.with_suffix('.report.json').name} in {out.parent}", err=True)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,19 @@ class ManifestDataset(Dataset):
         return self.transform(self.paths[i]), self.targets[i]
 
 
+class UnlabelledDataset(Dataset):
+    """(image tensor, -1) for image files outside the manifest (``--unknown`` folders)."""
+
+    def __init__(self, paths: list[str], transform: Callable):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.paths[i]), -1
+
+
 def split_rows(manifest: pl.DataFrame, split: str) -> pl.DataFrame:
     return manifest.filter((pl.col("split") == split) & (pl.col("status") == "ok")).sort("path")
 

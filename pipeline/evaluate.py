@@ -1,7 +1,9 @@
 """Score a checkpoint on a manifest split and write the report a person reads.
 
-``report.json`` and ``report.md`` (the reference write-up's table), ``confusion.png``,
-``predictions.png`` (a picture grid, errors in red) and ``predictions.csv``.
+``report.json`` and ``report.md`` (the reference write-up's table, calibration, and with
+``--unknown DIR`` how well the unknown verdict works), ``confusion.png``, ``reliability.png``,
+``predictions.png`` (a picture grid, errors in red) and ``predictions.csv``. Every probability
+shown is calibrated (the checkpoint's temperature).
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import random
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 
 from pipeline import data, figures, manifest as manifest_io
+from pipeline.calibration import Network, fit_report, ood_scores
+from pipeline.checkpoint import load_model
 from pipeline.io import atomic_write, write_json
-from pipeline.model import checkpoint_preprocessing, load_checkpoint
 from pipeline.presets import EvalPreset
-from pipeline.train import pick_device, predict
-from runtime.metrics import classification_report, report_table
+from pipeline.train import TrainError, pick_device, predict
+from runtime.labels import is_image_name
+from runtime.metrics import classification_report, reliability, report_table
+from runtime.openset import openset_report
 from runtime.preprocess import load_image
 
 
@@ -31,47 +37,105 @@ def grid_sample(true: list[str], pred: list[str], size: int, seed: int = 0) -> l
     return sorted(wrong + right)
 
 
-def write_predictions_csv(path: Path, paths: list[str], true: list[str], probs: np.ndarray, classes: list[str]) -> None:
+def write_predictions_csv(path: Path, paths: list[str], true: list[str], probs: np.ndarray, ood: np.ndarray, classes: list[str]) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
             out = csv.writer(f)
-            out.writerow(["path", "true", "predicted", "confidence", "correct"])
-            for p, t, row in zip(paths, true, probs):
+            out.writerow(["path", "true", "predicted", "confidence", "ood_score", "correct"])
+            for p, t, row, score in zip(paths, true, probs, ood):
                 k = int(row.argmax())
-                out.writerow([p, t, classes[k], f"{row[k]:.5f}", int(classes[k] == t)])
+                out.writerow([p, t, classes[k], f"{row[k]:.5f}", f"{score:.5f}", int(classes[k] == t)])
 
     atomic_write(path, write)
 
 
+def unknown_images(folder: Path) -> list[str]:
+    """Every image file under ``folder``: pictures of characters outside the classes."""
+    if not folder.is_dir():
+        raise TrainError(f"--unknown {folder}: no such folder")
+    files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_name(p))
+    if not files:
+        raise TrainError(f"--unknown {folder}: no image files found")
+    return files
+
+
+def openset_section(known: dict[str, torch.Tensor], unknown: dict[str, torch.Tensor], shipped: str,
+                    threshold: float | None, folder: Path) -> dict:
+    """Each candidate score's separation of known and unknown images; the shipped one also at
+    the checkpoint's stored threshold."""
+    scores = {
+        name: openset_report(known[name].numpy(), unknown[name].numpy(), threshold if name == shipped else None)
+        for name in known
+    }
+    return {"folder": str(folder), "shipped": shipped, "scores": scores}
+
+
+def openset_table(section: dict) -> str:
+    lines = ["| score | AUROC | FPR at 95% known accepted | known accepted at threshold | unknown rejected at threshold |",
+             "|---|---|---|---|---|"]
+    for name, r in section["scores"].items():
+        mark = " (shipped)" if name == section["shipped"] else ""
+        at = f"{r['known_accepted']:.1%} | {r['unknown_rejected']:.1%}" if r.get("threshold") is not None else " | "
+        lines.append(f"| {name}{mark} | {r['auroc']:.3f} | {r['fpr_at_95_known']:.3f} | {at} |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict, arch: str, checkpoint: Path) -> str:
+    c = report["calibration"]
+    text = (f"# {report['split']} report: {arch} ({checkpoint})\n\n{report_table(report)}\n\n"
+            f"Calibration (temperature {c['temperature']:.3f}): NLL {c['nll_before']:.3f} -> {c['nll_after']:.3f}, "
+            f"ECE (15 bins) {c['ece_before']:.3f} -> {c['ece_after']:.3f}\n")
+    if "unknown" in report:
+        u = report["unknown"]
+        shipped = u["scores"][u["shipped"]]
+        threshold = "no stored threshold" if shipped["threshold"] is None else f"stored threshold {shipped['threshold']:.4g}"
+        text += (f"\nUnknown verdict: {shipped['unknown_images']} images from {u['folder']} against "
+                 f"{shipped['known_images']} known {report['split']} images ({threshold})\n\n{openset_table(u)}\n")
+    return text
+
+
 def evaluate_checkpoint(
     checkpoint: Path, manifest: Path, split: str, out: Path, tta: bool = False, batch_size: int = 64,
-    workers: int = 2, device: str = "auto", data_root: str | None = None, grid: int = 36,
+    workers: int = 2, device: str = "auto", data_root: Path | None = None, unknown_dir: Path | None = None, grid: int = 36,
 ) -> dict:
-    model, ckpt = load_checkpoint(checkpoint)
-    classes, pre = ckpt["classes"], checkpoint_preprocessing(ckpt)
+    model, ckpt = load_model(checkpoint)
+    classes, pre, calibration = ckpt.classes, ckpt.preprocessing, ckpt.calibration
     table, stats = manifest_io.read(manifest)
-    root = Path(data_root or stats["config"]["data_root"])
-    rows = data.split_rows(table, split)
-    rows = rows.filter(rows["label"].is_in(classes))
+    if stats["classes"] != classes:
+        raise TrainError(f"{checkpoint}: its classes differ from {manifest}'s ({len(classes)} vs {len(stats['classes'])})")
+    root = manifest_io.data_root(stats, data_root)
+    rows = data.split_rows(table, split).filter(pl.col("label").is_in(classes))
     if not len(rows):
-        raise ValueError(f"{manifest}: no usable {split!r} images with a class the model knows")
-    dataset = data.ManifestDataset(rows, root, classes, EvalPreset(pre))
+        raise TrainError(f"{manifest}: no usable {split!r} images with a class the model knows")
+    extra = unknown_images(unknown_dir) if unknown_dir else []
     dev = pick_device(device, 0)
-    logits, targets = predict(model.to(dev), data.loader(dataset, batch_size, workers), dev, tta=tta)
-    probs = torch.softmax(logits, 1).numpy()
+    network = Network(model, calibration, len(classes)).to(dev)
+
+    def run(dataset) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return predict(network, data.loader(dataset, batch_size, workers), dev, tta=tta)
+
+    dataset = data.ManifestDataset(rows, root, classes, EvalPreset(pre))
+    (logits, features, ood), targets = run(dataset)
+    probs = torch.softmax(logits / calibration.temperature, 1).numpy()
     true = [classes[i] for i in targets.tolist()]
     pred = [classes[i] for i in probs.argmax(1).tolist()]
     report = classification_report(true, pred, classes)
     report.update(split=split, checkpoint=str(checkpoint), tta=tta, classes=classes)
+    report["calibration"] = {"temperature": calibration.temperature, **fit_report(logits, targets, calibration.temperature)}
+    if extra:
+        (u_logits, u_features, _), _ = run(data.UnlabelledDataset(extra, EvalPreset(pre)))
+        report["unknown"] = openset_section(ood_scores(logits, features, calibration), ood_scores(u_logits, u_features, calibration),
+                                            calibration.ood_score, calibration.ood_threshold, unknown_dir)
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
-    title = f"# {split} report: {ckpt['arch']} ({checkpoint})\n\n"
-    atomic_write(out / "report.md", lambda tmp: tmp.write_text(title + report_table(report) + "\n"))
-    write_predictions_csv(out / "predictions.csv", rows["path"].to_list(), true, probs, classes)
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(markdown(report, ckpt.arch, checkpoint)))
+    write_predictions_csv(out / "predictions.csv", rows["path"].to_list(), true, probs, ood.numpy(), classes)
     present = [i for i, c in enumerate(classes) if c in report["per_class"]]
     matrix = np.array(report["confusion_matrix"])[np.ix_(present, present)]
     figures.save(figures.confusion_figure(matrix, [classes[i] for i in present], f"{split}: confusion"), out / "confusion.png")
+    before = reliability(torch.softmax(logits, 1).numpy(), targets.numpy())
+    figures.save(figures.reliability_figure(before, reliability(probs, targets.numpy()), f"{split}: reliability"), out / "reliability.png")
     shown = grid_sample(true, pred, grid)
     images = [np.asarray(load_image(dataset.paths[i], min_size=160)) for i in shown]
     figures.save(figures.prediction_grid(images, [true[i] for i in shown], [pred[i] for i in shown]), out / "predictions.png")

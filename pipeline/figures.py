@@ -54,6 +54,30 @@ def prediction_grid(images: Sequence[np.ndarray], true: Sequence[str], predicted
     return fig
 
 
+def reliability_figure(before: dict, after: dict, title: str = "Reliability"):
+    """Accuracy against confidence per bin (runtime.metrics.reliability), before and after
+    temperature scaling; a calibrated model follows the diagonal. Bar widths are the bins,
+    the counts are written under the x axis."""
+    plt = pyplot()
+    bins = before["bins"]
+    edges = np.linspace(0, 1, bins + 1)
+    fig, ax = plt.subplots(figsize=(5.2, 5.2))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for result, colour, name in ((before, "tab:orange", "before (T = 1)"), (after, "tab:blue", "after temperature scaling")):
+        shown = np.array(result["count"]) > 0
+        ax.bar(edges[:-1][shown], np.array(result["accuracy"])[shown], width=1 / bins, align="edge", alpha=0.35,
+               color=colour, edgecolor=colour, label=f"{name}: ECE {result['ece']:.3f}")
+        ax.plot(np.array(result["confidence"])[shown], np.array(result["accuracy"])[shown], "o", color=colour, markersize=3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}, {sum(after['count'])} images, {bins} bins")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path) -> None:
     from pipeline.io import atomic_write
 

@@ -20,6 +20,7 @@ from pipeline import plots as plots_module
 from pipeline.fingerprint import FINGERPRINT_SCHEMA, KEY, fingerprint
 from pipeline.io import ShardCache, write_json, write_parquet
 from pipeline.scan import scan
+from runtime.errors import SimpsonsError
 from runtime.progress import progress
 
 MANIFEST = "manifest.parquet"
@@ -89,7 +90,7 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-class ManifestError(ValueError):
+class ManifestError(SimpsonsError):
     """A file given as a manifest is not one."""
 
 
@@ -106,3 +107,12 @@ def read(manifest: Path) -> tuple[pl.DataFrame, dict]:
     if missing or "classes" not in stats:
         raise ManifestError(f"{manifest}: not a manifest written by `simpsons manifest` (lacks {sorted(missing) or 'classes'})")
     return table, stats
+
+
+def data_root(stats: dict, override: str | Path | None = None) -> Path:
+    """Where the manifest's relative paths live: ``override`` (``--data-root``) or the folder
+    the manifest was built from. Train, evaluate and export all resolve it here."""
+    root = Path(override or stats["config"]["data_root"])
+    if not root.is_dir():
+        raise ManifestError(f"data root {root} is not a folder (moved? pass --data-root)")
+    return root

@@ -6,16 +6,16 @@ its name, so a checkpoint's ``state_dict`` loads into ``torchvision.models.<arch
 
 from __future__ import annotations
 
-import pickle
+import copy
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from runtime.metadata import Preprocessing
+from runtime.errors import SimpsonsError
 
 
-class WeightsError(RuntimeError):
+class WeightsError(SimpsonsError):
     """Pretrained weights could not be had; the message says what to do instead."""
 
 
@@ -25,11 +25,29 @@ def available_archs() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
-def _replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    name, last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+def _head_name(model: nn.Module) -> str:
+    """The classifier head is the last Linear layer in every torchvision classifier."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    setattr(parent, name.rpartition(".")[2], nn.Linear(last.in_features, num_classes))
+    setattr(parent, name.rpartition(".")[2], module)
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    name = _head_name(model)
+    _set_module(model, name, nn.Linear(model.get_submodule(name).in_features, num_classes))
     return model
+
+
+def split_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """(body, head): a copy of ``model`` whose head is the identity, so it returns the
+    penultimate features, and the head itself. ``head(body(x)) == model(x)``."""
+    name = _head_name(model)
+    body = copy.deepcopy(model)
+    _set_module(body, name, nn.Identity())
+    return body, model.get_submodule(name)
 
 
 def _imagenet(arch: str) -> nn.Module:
@@ -75,32 +93,3 @@ def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module
     else:
         model = _local(arch, Path(weights))
     return _replace_head(model, num_classes)
-
-
-def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
-    """A model from ``best.pt``/``last.pt`` (our format), in eval mode, with the checkpoint."""
-    import torchvision
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model = torchvision.models.get_model(ckpt["arch"], weights=None, num_classes=len(ckpt["classes"]))
-        model.load_state_dict(ckpt["state_dict"])
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: checkpoint not found") from None
-    except (KeyError, TypeError) as e:
-        raise WeightsError(f"{path}: not a Simpsons checkpoint (missing {e})") from None
-    except pickle.UnpicklingError:
-        raise WeightsError(f"{path}: cannot load checkpoint (not a PyTorch checkpoint, or one holding more than tensors)") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise WeightsError(f"{path}: cannot load checkpoint ({str(e).splitlines()[0][:120]})") from None
-    return model.eval(), ckpt
-
-
-def checkpoint_preprocessing(ckpt: dict) -> Preprocessing:
-    """The eval preprocessing a checkpoint was trained with."""
-    return Preprocessing(
-        image_size=int(ckpt["image_size"]),
-        resize_size=int(ckpt.get("resize_size", ckpt["image_size"])),
-        mean=tuple(ckpt["mean"]),
-        std=tuple(ckpt["std"]),
-    )

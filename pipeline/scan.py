@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from runtime.errors import SimpsonsError
 from runtime.labels import label_from_test_name
 
 TRAIN_DIR = "simpsons_dataset"
@@ -26,7 +27,7 @@ SCAN_SCHEMA = {
 }
 
 
-class LayoutError(ValueError):
+class LayoutError(SimpsonsError):
     """DATA_ROOT holds neither of the data set's layouts."""
 
 

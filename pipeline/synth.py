@@ -45,10 +45,11 @@ class Look:
     width: float  # body width relative to height
 
 
-def class_looks(classes: tuple[str, ...] | list[str] = CLASSES, seed: int = 7) -> dict[str, Look]:
-    """A distinct look per class, the same for every run with the same seed."""
+def class_looks(classes: tuple[str, ...] | list[str] = CLASSES, seed: int = 7, taken: frozenset = frozenset()) -> dict[str, Look]:
+    """A distinct look per class, the same for every run with the same seed; ``taken`` holds
+    looks (as ``_look_key``) that must not be reused."""
     rng = random.Random(seed)
-    looks, seen = {}, set()
+    looks, seen = {}, {*taken}
     for name in classes:
         while True:
             look = Look(
@@ -56,12 +57,16 @@ def class_looks(classes: tuple[str, ...] | list[str] = CLASSES, seed: int = 7) -
                 shirt=rng.choice(PALETTE), trousers=rng.choice(PALETTE), accessory=rng.choice(ACCESSORY),
                 width=rng.choice((0.35, 0.5, 0.7)),
             )
-            key = (look.hair, look.shirt, look.trousers, look.accessory)
+            key = _look_key(look)
             if key not in seen:
                 seen.add(key)
                 looks[name] = look
                 break
     return looks
+
+
+def _look_key(look: Look) -> tuple:
+    return (look.hair, look.shirt, look.trousers, look.accessory)
 
 
 def _background(draw: ImageDraw.ImageDraw, rng: random.Random, w: int, h: int) -> None:
@@ -122,12 +127,13 @@ def _character(draw: ImageDraw.ImageDraw, look: Look, rng: random.Random, w: int
         draw.chord((cx - head_r, top + head_r, cx + head_r, top + 2.3 * head_r), 0, 180, fill=(110, 80, 60), **line)
 
 
-def draw_frame(look: Look, rng: random.Random, size: tuple[int, int] = (160, 120)) -> Image.Image:
-    """One frame of a character in a random scene and light."""
+def draw_frame(look: Look | None, rng: random.Random, size: tuple[int, int] = (160, 120)) -> Image.Image:
+    """One frame of a character in a random scene and light (``None``: an empty room)."""
     img = Image.new("RGB", size)
     draw = ImageDraw.Draw(img)
     _background(draw, rng, *size)
-    _character(draw, look, rng, *size)
+    if look is not None:
+        _character(draw, look, rng, *size)
     img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.25))
     return ImageEnhance.Color(img).enhance(rng.uniform(0.7, 1.2))
 
@@ -191,3 +197,17 @@ def write_dataset(
         (first / f"pic_{per_class + 1:04d}.jpg").write_bytes(jpeg(draw_frame(looks[names[0]], rng, size))[:600])
         (first / "notes.txt").write_text("not an image\n")
     return planted
+
+
+def write_unknown(out: Path, classes: int, count: int, seed: int = 0, size: tuple[int, int] = (64, 48), strangers: int = 12) -> int:
+    """``count`` small frames of characters that are none of the first ``classes`` classes
+    (``strangers`` new looks) and, one in five, of empty rooms: what real footage is full
+    of and a closed-set model still names. Returns how many were written."""
+    taken = frozenset(_look_key(look) for look in class_looks(CLASSES[:classes]).values())
+    looks = list(class_looks([f"stranger_{i:02d}" for i in range(strangers)], seed=seed + 101, taken=taken).values())
+    rng = random.Random(seed + 202)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        look = None if i % 5 == 4 else looks[i % len(looks)]
+        (out / f"unknown_{i:04d}.jpg").write_bytes(downscaled_copy(draw_frame(look, rng, (size[0] * 3, size[1] * 3)), 1 / 3))
+    return count

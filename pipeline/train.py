@@ -9,6 +9,7 @@ exactly. Under ``torchrun`` each rank trains on its shard (DDP); rank 0 alone wr
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -23,11 +24,22 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline import data, manifest as manifest_io
-from pipeline.io import atomic_write, write_json
+from pipeline.checkpoint import DEFAULT_SCORE, Calibration, Checkpoint
+from pipeline.io import write_json
 from pipeline.model import build_model
+from runtime.errors import SimpsonsError
 from runtime.metadata import Preprocessing
 from runtime.metrics import classification_report
+from runtime.openset import ACCEPT_KNOWN
 from runtime.progress import progress
+
+log = logging.getLogger("simpsons.train")
+
+
+class TrainError(SimpsonsError):
+    """The run cannot start or continue as asked; the message says why."""
+
+CENTROID_IMAGES_PER_CLASS = 200  # training images per class averaged into its feature centroid (cosine score)
 
 
 @dataclass
@@ -86,7 +98,7 @@ def pick_device(name: str, local_rank: int) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda: no CUDA device is visible to PyTorch")
+            raise TrainError("--device cuda: no CUDA device is visible to PyTorch")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device(name)
@@ -163,24 +175,30 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, dtyp
     return total_loss / max(seen, 1), seen / (time.perf_counter() - start)
 
 
+def as_tuple(output) -> tuple[torch.Tensor, ...]:
+    return output if isinstance(output, tuple) else (output,)
+
+
 @torch.inference_mode()
-def predict(model, loader, device, dtype=None, tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and targets for a whole loader; ``tta`` averages with the mirror."""
+def predict(model, loader, device, dtype=None, tta: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every output of ``model`` (logits, or ``Network``'s logits, features and score) as
+    float32 CPU tensors over a whole loader, and the targets; ``tta`` averages each output
+    with that of the mirrored image."""
     model.eval()
-    all_logits, all_targets = [], []
+    outputs, all_targets = [], []
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(images).float()
+            out = as_tuple(model(images))
             if tta:
-                logits = (logits.softmax(1) + model(images.flip(3)).float().softmax(1)).log()
-        all_logits.append(logits.cpu())
+                out = tuple((a + b) / 2 for a, b in zip(out, as_tuple(model(images.flip(3)))))
+        outputs.append([o.float().cpu() for o in out])
         all_targets.append(targets)
-    return torch.cat(all_logits), torch.cat(all_targets)
+    return [torch.cat(parts) for parts in zip(*outputs)], torch.cat(all_targets)
 
 
 def evaluate(model, criterion, loader, device, dtype, classes: list[str]) -> dict:
-    logits, targets = predict(model, loader, device, dtype)
+    (logits, *_), targets = predict(model, loader, device, dtype)
     report = classification_report(
         [classes[i] for i in targets.tolist()], [classes[i] for i in logits.argmax(1).tolist()], classes
     )
@@ -193,25 +211,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
-def checkpoint(model, config: TrainConfig, classes, pre: Preprocessing, epoch: int, metrics: dict) -> dict:
-    """The contract every later stage reads (``torch.load(weights_only=True)``)."""
-    return {
-        "state_dict": unwrap(model).state_dict(),
-        "arch": config.arch,
-        "classes": list(classes),
-        "mean": list(pre.mean),
-        "std": list(pre.std),
-        "image_size": pre.image_size,
-        "resize_size": pre.resize_size,
-        "config": asdict(config),
-        "config_hash": config_hash(config),
-        "epoch": epoch,
-        "metrics": metrics,
-    }
-
-
-def save(obj: dict, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+def make_checkpoint(model, config: TrainConfig, classes, pre: Preprocessing, epoch: int, metrics: dict) -> Checkpoint:
+    return Checkpoint(
+        state_dict=unwrap(model).state_dict(), arch=config.arch, classes=list(classes), preprocessing=pre,
+        config=asdict(config), config_hash=config_hash(config), epoch=epoch, metrics=metrics,
+    )
 
 
 def log_epoch(writer, epoch: int, train_loss: float, speed: float, report: dict, lr: float, classes) -> None:
@@ -231,12 +235,12 @@ def load_data(config: TrainConfig, table, stats: dict, pre: Preprocessing, rank:
     """Train and val loaders from the manifest, and the training targets (for class weights)."""
     from pipeline.presets import EvalPreset, TrainPreset
 
-    root = Path(config.data_root or stats["config"]["data_root"])
+    root = manifest_io.data_root(stats, config.data_root)
     classes = stats["classes"]
     train_set = data.ManifestDataset(data.split_rows(table, "train"), root, classes, TrainPreset(pre, config.downscale))
     val_set = data.ManifestDataset(data.split_rows(table, "val"), root, classes, EvalPreset(pre))
     if not len(train_set) or not len(val_set):
-        raise ValueError(f"{config.manifest}: the manifest has {len(train_set)} train and {len(val_set)} val images; both must be > 0")
+        raise TrainError(f"{config.manifest}: the manifest has {len(train_set)} train and {len(val_set)} val images; both must be > 0")
     workers = config.workers if config.workers >= 0 else min(8, os.cpu_count() or 1)
     sampler = data.EpochSampler(train_set.targets, len(classes), config.balance == "sampler", config.seed, rank, world)
     return (
@@ -258,11 +262,58 @@ def make_model(config: TrainConfig, num_classes: int, resume: bool, rank: int, w
     return model
 
 
+def eval_loader(config: TrainConfig, rows, root: Path, classes: list[str], pre: Preprocessing, pin: bool = False):
+    """Eval-transform batches over manifest rows: calibration and ``simpsons evaluate``."""
+    from pipeline.presets import EvalPreset
+
+    workers = config.workers if config.workers >= 0 else min(8, os.cpu_count() or 1)
+    return data.loader(data.ManifestDataset(rows, root, classes, EvalPreset(pre)), config.batch_size, workers, None, pin)
+
+
+def calibrate_best(config: TrainConfig, table, stats: dict, device: torch.device) -> str:
+    """Fit the temperature, the open-set centroids and threshold on ``best.pt`` and store them
+    in it; returns the line that reports the fit."""
+    from pipeline.calibration import Network, calibrate
+
+    path = Path(config.out) / "best.pt"
+    ckpt = Checkpoint.load(path)
+    classes, pre = ckpt.classes, ckpt.preprocessing
+    root = manifest_io.data_root(stats, config.data_root)
+    network = Network(ckpt.model(), Calibration(), len(classes)).to(device)
+    (logits, features, _), targets = predict(network, eval_loader(config, data.split_rows(table, "val"), root, classes, pre), device)
+    rows = data.split_rows(table, "train").group_by("label", maintain_order=True).head(CENTROID_IMAGES_PER_CLASS)
+    (_, train_features, _), train_targets = predict(network, eval_loader(config, rows, root, classes, pre), device)
+    ckpt.calibration, warnings = calibrate(logits, features, targets, train_features, train_targets, len(classes),
+                                           DEFAULT_SCORE, ACCEPT_KNOWN)
+    ckpt.save(path)
+    for warning in warnings:
+        log.warning(warning)
+    c, fit = ckpt.calibration, ckpt.calibration.fit
+    threshold = f"{c.ood_threshold:.4g}" if c.ood_threshold is not None else "none"
+    return (f"calibrated best.pt on {fit['val_images']} val images: temperature {c.temperature:.3f}; NLL "
+            f"{fit['nll_before']:.3f} -> {fit['nll_after']:.3f}, ECE {fit['ece_before']:.3f} -> {fit['ece_after']:.3f}; "
+            f"unknown threshold ({c.ood_score}) {threshold}")
+
+
+def resume_state(out: Path, manifest_path: Path) -> dict:
+    """The training state in ``last.pt``, after checking the manifest is the one the run began with."""
+    saved = json.loads((out / "config.json").read_text()).get("manifest_hash")
+    if saved and saved != file_hash(manifest_path):
+        raise TrainError(f"{manifest_path} has changed since this run started (hash {file_hash(manifest_path)}, "
+                         f"run began with {saved}): resuming would mix two data sets; start a new run")
+    ckpt = Checkpoint.load(out / "last.pt")
+    if ckpt.training is None:
+        raise TrainError(f"{out / 'last.pt'}: holds no training state to resume from")
+    return {"state_dict": ckpt.state_dict, "epoch": ckpt.epoch, **ckpt.training}
+
+
 def train(config: TrainConfig, resume: bool = False) -> dict:
-    """Train, keeping ``best.pt`` (best val macro-F1) and ``last.pt``; returns the best metrics."""
+    """Train, keeping ``best.pt`` (best val macro-F1) and ``last.pt``, then calibrate
+    ``best.pt``; returns the best metrics."""
     rank, world, local_rank = distributed()
     device = pick_device(config.device, local_rank)
     manifest_path, out = Path(config.manifest), Path(config.out)
+    state = resume_state(out, manifest_path) if resume else None
     table, stats = manifest_io.read(manifest_path)
     classes = stats["classes"]
     pre = Preprocessing.for_size(config.image_size, stats["mean"], stats["std"], config.crop_fraction)
@@ -271,16 +322,16 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     model = make_model(config, len(classes), resume, rank, world).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    weight = data.class_weights(targets, len(classes)).to(device) if config.balance == "loss" else None
-    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+    weight = data.class_weights(targets, len(classes)) if config.balance == "loss" else None
+    criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), label_smoothing=config.label_smoothing)
+    val_criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)  # val logits come back on the CPU
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, len(train_loader))
     dtype = amp_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     start_epoch, best, stale, history = 0, {"f1": -1.0, "epoch": -1}, 0, []
-    if resume:
-        state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -307,7 +358,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         train_loader.sampler.set_epoch(epoch)
         loss, speed = train_one_epoch(model, criterion, optimizer, scheduler, train_loader, device, dtype, scaler,
                                       f"epoch {epoch + 1}/{config.epochs}")
-        report = evaluate(model, criterion, val_loader, device, dtype, classes)
+        report = evaluate(model, val_criterion, val_loader, device, dtype, classes)
         f1 = report["macro avg"]["f1"]
         improved = f1 > best["f1"]
         if improved:
@@ -321,11 +372,12 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                        "val_macro_f1": f1, "lr": lr, "train_images_per_s": speed}
             history.append(metrics)
             write_json(out / "history.json", history)
-            ckpt = checkpoint(model, config, classes, pre, epoch, metrics)
+            ckpt = make_checkpoint(model, config, classes, pre, epoch, metrics)
             if improved:
-                save(ckpt, out / "best.pt")
-            save({**ckpt, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                  "scaler": scaler.state_dict(), "best": best, "stale": stale, "history": history}, out / "last.pt")
+                ckpt.save(out / "best.pt")
+            ckpt.training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "scaler": scaler.state_dict(), "best": best, "stale": stale, "history": history}
+            ckpt.save(out / "last.pt")
             print(f"epoch {epoch + 1}: train loss {loss:.3f}, val loss {report['loss']:.3f}, val acc "
                   f"{report['accuracy']:.3f}, val macro-F1 {f1:.3f}{' (best)' if improved else ''}, "
                   f"{speed:.0f} img/s", file=sys.stderr)
@@ -335,6 +387,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             break
     if writer:
         writer.close()
+    if rank == 0:
+        print(calibrate_best(config, table, stats, device), file=sys.stderr)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -1,38 +1,42 @@
 """Batched ONNX inference on CUDA or CPU, with decoding overlapped with the model.
 
-``Classifier`` is the embeddable API: it reads classes and preprocessing from the model file
-itself, so a caller hands it pictures and gets labels back.
+``Classifier`` is the embeddable API: it reads classes, preprocessing, temperature and the
+unknown threshold from the model file itself (or its sidecar), so a caller hands it pictures
+and gets labels back, ``unknown`` included. Both kinds of exported model run here: the plain
+one (float32 input, preprocessing in Python) and the portable one (uint8 pixels in,
+preprocessing and softmax inside the graph).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from runtime.metadata import INPUT_NAME, MetadataError, ModelInfo, decode
+from runtime.errors import DeviceError, MetadataError, ModelError, SimpsonsError
+from runtime.metadata import FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, decode, read_sidecar
+from runtime.openset import check_threshold
 from runtime.parallel import in_order
-from runtime.preprocess import ImageSource, preprocess
+from runtime.preprocess import ImageSource, decode as decode_pixels, preprocess
 
-
-class ModelError(RuntimeError):
-    """The model file is missing, not ONNX, or not one of ours."""
-
-
-class DeviceError(RuntimeError):
-    """The requested device cannot be used."""
+log = logging.getLogger("simpsons.runtime")
+UNKNOWN = "unknown"  # the label of an image the open-set score rejects
 
 
 @dataclass(frozen=True)
 class Prediction:
-    label: str
-    confidence: float
-    top_k: tuple[tuple[str, float], ...]
+    label: str  # the best class, or "unknown" when the open-set score rejects the image
+    confidence: float  # calibrated probability of the best class
+    top_k: tuple[tuple[str, float], ...]  # best class first, also when the label is "unknown"
+    ood_score: float | None = None  # higher = less like any known class; None if the model has none
+    unknown: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,15 @@ class Result:
     source: ImageSource
     prediction: Prediction | None
     error: str | None = None
+
+
+class Outputs(NamedTuple):
+    """What one batch gives: calibrated probabilities, and where the model has them, the
+    open-set score and the L2-normalised features."""
+
+    probabilities: np.ndarray
+    ood_score: np.ndarray | None
+    features: np.ndarray | None
 
 
 def _import_onnxruntime():
@@ -102,64 +115,148 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-class Classifier:
-    """``Classifier("model.onnx").predict(["a.jpg", pil_image, array], top_k=3)``."""
+def model_info(path: Path, session) -> ModelInfo:
+    """The ONNX metadata, or where a runtime stripped it, the sidecar beside the file."""
+    props = session.get_modelmeta().custom_metadata_map
+    try:
+        return decode(props) if "classes" in props or "format_version" in props else read_sidecar(path)
+    except MetadataError as e:
+        raise MetadataError(f"{path}: {e}") from None
 
-    def __init__(self, model: str | os.PathLike, device: str = "auto", threads: int | None = None):
+
+def check_graph(path: Path, session, info: ModelInfo) -> bool:
+    """Compare the graph with its metadata before any image is read; returns whether the model
+    is portable (uint8 pixels in). Each mismatch is one line naming what is wrong."""
+    inputs, outputs = session.get_inputs(), {o.name: o for o in session.get_outputs()}
+    if [i.name for i in inputs] != [INPUT_NAME]:
+        raise ModelError(f"{path}: expected one input named {INPUT_NAME!r}, the graph has {[i.name for i in inputs]}")
+    image = inputs[0]
+    portable = image.type == "tensor(uint8)"
+    if image.type not in ("tensor(uint8)", "tensor(float)") or len(image.shape) != 4:
+        raise ModelError(f"{path}: input {INPUT_NAME!r} is {image.type} {image.shape}; expected float32 [N,3,S,S] or uint8 [N,H,W,3]")
+    size = info.preprocessing.image_size
+    expected = [None, None, None, 3] if portable else [None, 3, size, size]
+    for got, want in zip(image.shape, expected):
+        if want is not None and isinstance(got, int) and got != want:
+            raise ModelError(f"{path}: input {INPUT_NAME!r} has shape {image.shape}, but the metadata says {expected} (image_size {size})")
+    main = PROBABILITIES if portable else LOGITS
+    if main not in outputs:
+        raise ModelError(f"{path}: the graph has no {main!r} output (outputs: {', '.join(outputs)})")
+    width = outputs[main].shape[-1] if outputs[main].shape else None
+    if isinstance(width, int) and width != len(info.classes):
+        raise ModelError(f"{path}: output {main!r} has {width} columns but the metadata names {len(info.classes)} classes")
+    return portable
+
+
+class Classifier:
+    """``Classifier("model.onnx").predict(["a.jpg", pil_image, array], top_k=3)``.
+
+    ``unknown_threshold`` overrides the threshold stored in the model; ``unknown=False`` turns
+    the verdict off (every image gets its best class)."""
+
+    def __init__(
+        self, model: str | os.PathLike, device: str = "auto", threads: int | None = None,
+        unknown_threshold: float | None = None, unknown: bool = True,
+    ):
         path = Path(model)
         if device not in ("auto", "cpu", "cuda"):
             raise DeviceError(f"unknown device {device!r}: use auto, cpu or cuda")
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
+        self.path = path
         self.session = _session(path, device, threads)
-        try:
-            self.info: ModelInfo = decode(self.session.get_modelmeta().custom_metadata_map)
-        except MetadataError as e:
-            raise ModelError(f"{path}: {e}") from None
+        self.info: ModelInfo = model_info(path, self.session)
+        self.portable = check_graph(path, self.session, self.info)
+        self.outputs = [o.name for o in self.session.get_outputs()]
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         self.classes: tuple[str, ...] = self.info.classes
         self.workers = threads or min(8, os.cpu_count() or 1)
+        self.threshold = self._threshold(unknown, unknown_threshold)
+
+    def _threshold(self, unknown: bool, override: float | None) -> float | None:
+        """The threshold in use, or None (no verdicts) with one warning saying why."""
+        if not unknown:
+            return None
+        if OOD_SCORE not in self.outputs:
+            log.warning("%s has no ood_score output (exported before unknown verdicts existed; "
+                        "re-export it to get them): every image gets one of the classes", self.path.name)
+            return None
+        if override is not None:
+            problem = check_threshold(self.info.ood_score, override)
+            if problem:
+                raise SimpsonsError(problem)
+            return float(override)
+        if self.info.ood_threshold is None:
+            log.warning("%s carries no unknown threshold (too few val images at export?): no unknown "
+                        "verdicts unless --unknown-threshold is given", self.path.name)
+        return self.info.ood_threshold
+
+    def run(self, batch: np.ndarray) -> Outputs:
+        """One batch through the graph: preprocessed float32 NCHW for the plain model, uint8
+        NHWC pixels of one size for the portable one."""
+        dtype = np.uint8 if self.portable else np.float32
+        values = dict(zip(self.outputs, self.session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, dtype=dtype)})))
+        if self.portable:
+            probs = values[PROBABILITIES].astype(np.float32)
+        else:
+            probs = softmax(values[LOGITS].astype(np.float32) / np.float32(self.info.temperature))
+        ood, features = values.get(OOD_SCORE), values.get(FEATURES)
+        return Outputs(probs, None if ood is None else ood.reshape(-1).astype(np.float32), features)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed float32 NCHW batch -> raw scores (N x classes), float32."""
-        (logits,) = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        """Preprocessed float32 NCHW batch -> raw scores (N x classes) of a plain model."""
+        if self.portable:
+            raise ModelError(f"{self.path}: a portable model gives probabilities, not logits")
+        (logits,) = self.session.run([LOGITS], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
         return logits.astype(np.float32)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed float32 NCHW batch -> class probabilities (N x classes)."""
-        return softmax(self.logits(batch))
+        """Calibrated class probabilities (N x classes) for one batch."""
+        return self.run(batch).probabilities
 
-    def _prediction(self, probs: np.ndarray, top_k: int) -> Prediction:
+    def prediction(self, probs: np.ndarray, ood_score: float | None, top_k: int) -> Prediction:
         order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
         top = tuple((self.classes[i], float(probs[i])) for i in order)
-        return Prediction(label=top[0][0], confidence=top[0][1], top_k=top)
+        unknown = bool(self.threshold is not None and ood_score is not None and ood_score > self.threshold)
+        return Prediction(label=UNKNOWN if unknown else top[0][0], confidence=top[0][1], top_k=top,
+                          ood_score=None if ood_score is None else float(ood_score), unknown=unknown)
+
+    def prepare(self, item: ImageSource) -> np.ndarray:
+        """Decode (and for the plain model, preprocess) one picture, in a decoding thread."""
+        return decode_pixels(item) if self.portable else preprocess(item, self.info.preprocessing)
 
     def iter_predict(
         self, items: Iterable[ImageSource], top_k: int = 1, batch_size: int = 32
     ) -> Iterator[Result]:
         """Results in input order. Decoding runs in a thread pool while the model runs; at most
         a few batches are in flight, so memory stays flat however many files there are."""
-        pre = self.info.preprocessing
         ready: list[tuple[ImageSource, np.ndarray | str]] = []  # an array, or why there is none
         with ThreadPoolExecutor(self.workers) as pool:
-            for source, future in in_order(pool, lambda item: preprocess(item, pre), items, 2 * batch_size):
+            for source, future in in_order(pool, self.prepare, items, 2 * batch_size):
                 try:
                     ready.append((source, future.result()))
-                except Exception as e:  # noqa: BLE001 - a bad file is a row, not a crash
-                    ready.append((source, _describe(e)))
+                except (SimpsonsError, OSError) as e:  # a bad file is a row, not a crash
+                    ready.append((source, str(e) or type(e).__name__))
                 if len(ready) == batch_size:
                     yield from self._run(ready, top_k)
                     ready.clear()
             yield from self._run(ready, top_k)
 
     def _run(self, ready: Sequence[tuple[ImageSource, np.ndarray | str]], top_k: int) -> Iterator[Result]:
-        arrays = [a for _, a in ready if isinstance(a, np.ndarray)]
-        probs = iter(self.probabilities(np.stack(arrays)) if arrays else ())
-        for source, array in ready:
-            if isinstance(array, np.ndarray):
-                yield Result(source, self._prediction(next(probs), top_k))
-            else:
-                yield Result(source, None, array)
+        """Stack what decoded into model batches (the portable model takes one picture size per
+        batch, so it runs once per size) and give every input its result, in order."""
+        good = [i for i, (_, a) in enumerate(ready) if isinstance(a, np.ndarray)]
+        by_shape: dict[tuple, list[int]] = {}
+        for i in good:
+            by_shape.setdefault(ready[i][1].shape if self.portable else (), []).append(i)
+        predictions: dict[int, Prediction] = {}
+        for members in by_shape.values():
+            out = self.run(np.stack([ready[i][1] for i in members]))
+            for row, i in enumerate(members):
+                ood = None if out.ood_score is None else out.ood_score[row]
+                predictions[i] = self.prediction(out.probabilities[row], ood, top_k)
+        for i, (source, array) in enumerate(ready):
+            yield Result(source, predictions[i]) if i in predictions else Result(source, None, array)
 
     def predict(self, items: Sequence[ImageSource], top_k: int = 1, batch_size: int = 32) -> list[Prediction]:
         """Predictions for paths, PIL images or uint8 arrays; a bad item raises ValueError."""
@@ -172,17 +269,3 @@ class Classifier:
 
 def _name(source: ImageSource) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
-
-
-def _describe(error: Exception) -> str:
-    """One line a user can act on, without the stack."""
-    from PIL import UnidentifiedImageError
-
-    if isinstance(error, UnidentifiedImageError):
-        return "not an image (cannot identify the file format)"
-    if isinstance(error, FileNotFoundError):
-        return "file not found"
-    if isinstance(error, PermissionError):
-        return "permission denied"
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return f"cannot decode: {text}"

@@ -83,3 +83,24 @@ def report_table(report: dict) -> str:
         lines.append("")
         lines.append(f"Absent from this split ({len(report['absent_classes'])}): " + ", ".join(report["absent_classes"]))
     return "\n".join(lines)
+
+
+def negative_log_likelihood(probs: np.ndarray, targets: Sequence[int]) -> float:
+    """Mean -log p(true class): what temperature scaling minimises."""
+    probs, targets = np.asarray(probs, np.float64), np.asarray(targets, np.int64)
+    if not len(targets):
+        return float("nan")
+    return float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None)).mean())
+
+
+def reliability(probs: np.ndarray, targets: Sequence[int], bins: int = 15) -> dict:
+    """Expected calibration error over ``bins`` equal-width confidence bins, and the per-bin
+    confidence, accuracy and count a reliability diagram draws."""
+    probs, targets = np.asarray(probs, np.float64), np.asarray(targets, np.int64)
+    confidence, correct = probs.max(axis=1), (probs.argmax(axis=1) == targets).astype(np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)  # (lo, hi] bins
+    count = np.bincount(which, minlength=bins).astype(np.float64)
+    mean_conf = _safe_divide(np.bincount(which, weights=confidence, minlength=bins), count)
+    accuracy = _safe_divide(np.bincount(which, weights=correct, minlength=bins), count)
+    ece = float((count * np.abs(mean_conf - accuracy)).sum() / max(len(targets), 1))
+    return {"ece": ece, "bins": bins, "confidence": mean_conf.tolist(), "accuracy": accuracy.tolist(), "count": count.astype(int).tolist()}

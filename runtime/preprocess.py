@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
+import zlib
 from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from runtime.errors import SimpsonsError
 from runtime.metadata import Preprocessing
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 ORIENTATION = 0x0112  # the EXIF tag
+MAX_ASPECT = 4  # longer side / shorter side beyond which only the centre crop is resampled
 _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -40,21 +44,44 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+class ImageError(SimpsonsError):
+    """One picture cannot be used; the message says why, in a line."""
+
+
+# What decoding a hostile file raises inside Pillow (truncated data, broken chunks, bombs).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
+
+
 def load_image(source: ImageSource, min_size: int | None = None) -> Image.Image:
     """Decode to RGB. With ``min_size``, JPEGs decode at a reduced scale (DCT draft mode) that
-    still keeps both sides >= ``min_size``: several times faster on large frames."""
+    still keeps both sides >= ``min_size``: several times faster on large frames. A file that
+    cannot be decoded raises ``ImageError`` with a one-line reason."""
     if isinstance(source, np.ndarray):
-        array = source
-        if array.dtype != np.uint8:
-            raise ValueError(f"array images must be uint8 HxW or HxWx3/4, got {array.dtype}")
-        return to_rgb(Image.fromarray(array))
+        if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (3, 4)):
+            raise ImageError(f"array images must be uint8 HxW or HxWx3/4, got {source.dtype} {source.shape}")
+        return to_rgb(Image.fromarray(source))
     if isinstance(source, Image.Image):
         return to_rgb(source)
-    with Image.open(Path(source)) as img:
-        if min_size and img.format == "JPEG":
-            img.draft("RGB", (min_size, min_size))
-        img.load()
-        return to_rgb(img)
+    try:
+        with Image.open(Path(source)) as img:
+            if min_size and img.format == "JPEG":
+                img.draft("RGB", (min_size, min_size))
+            img.load()
+            return to_rgb(img)
+    except UnidentifiedImageError:
+        raise ImageError("not an image (cannot identify the file format)") from None
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except DECODE_ERRORS as e:
+        raise ImageError(f"cannot decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def decode(source: ImageSource) -> np.ndarray:
+    """The decoded picture as RGB uint8 HxWx3, untouched otherwise: the input of the portable
+    model, which resizes and normalises inside its graph (as a browser would feed it)."""
+    return np.asarray(load_image(source))
 
 
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
@@ -65,12 +92,22 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
 
 
 def resize_crop(img: Image.Image, p: Preprocessing) -> Image.Image:
-    """Resize the shorter side, then take the centre square (torchvision's rounding)."""
+    """Resize the shorter side to ``resize_size``, then take the centre square (torchvision's
+    rounding, pixel for pixel).
+
+    A very elongated image (a 65000x1 strip) would resize to millions of pixels, so beyond
+    ``MAX_ASPECT`` only the square is resampled: Pillow's ``box`` maps it onto the source at the
+    full resize's scale, giving the same picture (to rounding) with work and memory bounded by
+    the crop."""
     w, h = resized_size(img.width, img.height, p.resize_size)
-    img = img.resize((w, h), _INTERPOLATION[p.interpolation])
     top = int(round((h - p.image_size) / 2.0))
     left = int(round((w - p.image_size) / 2.0))
-    return img.crop((left, top, left + p.image_size, top + p.image_size))
+    resample = _INTERPOLATION[p.interpolation]
+    if max(w, h) <= MAX_ASPECT * p.resize_size:
+        return img.resize((w, h), resample).crop((left, top, left + p.image_size, top + p.image_size))
+    sx, sy = img.width / w, img.height / h
+    box = (left * sx, top * sy, (left + p.image_size) * sx, (top + p.image_size) * sy)
+    return img.resize((p.image_size, p.image_size), resample, box=box)
 
 
 def normalise(img: Image.Image, p: Preprocessing) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 FORMATS = (".csv", ".jsonl", ".json", ".parquet")
+SCALARS = ("path", "status", "label", "confidence", "ood_score", "unknown")  # then the top-k lists
 
 
 class RowWriter(Protocol):
@@ -23,7 +24,7 @@ class RowWriter(Protocol):
 
 def flat(row: dict, top_k: int) -> dict:
     """Lists become ``top1_label, top1_prob, ...`` columns for CSV and the terminal."""
-    out = {k: row[k] for k in ("path", "status", "label", "confidence")}
+    out = {k: row[k] for k in SCALARS}
     for i in range(top_k):
         has = i < len(row["top_labels"])
         out[f"top{i + 1}_label"] = row["top_labels"][i] if has else ""
@@ -35,7 +36,7 @@ class CsvWriter:
     def __init__(self, path: Path, top_k: int):
         self.top_k = top_k
         self.file: IO[str] = open(path, "w", newline="", encoding="utf-8")
-        columns = list(flat({"path": "", "status": "", "label": "", "confidence": "", "top_labels": [], "top_probs": []}, top_k))
+        columns = list(flat({**dict.fromkeys(SCALARS, ""), "top_labels": [], "top_probs": []}, top_k))
         self.writer = csv.DictWriter(self.file, fieldnames=columns)
         self.writer.writeheader()
 
@@ -84,7 +85,8 @@ class ParquetWriter:
         self.pa = pa
         schema = pa.schema([
             ("path", pa.string()), ("status", pa.string()), ("label", pa.string()),
-            ("confidence", pa.float64()), ("top_labels", pa.list_(pa.string())),
+            ("confidence", pa.float64()), ("ood_score", pa.float64()), ("unknown", pa.bool_()),
+            ("top_labels", pa.list_(pa.string())),
             ("top_probs", pa.list_(pa.float64())),
         ])
         self.writer, self.schema, self.rows = pq.ParquetWriter(path, schema), schema, []
@@ -115,7 +117,8 @@ class TableWriter:
         if row["status"] != "ok":
             line = f"{'-':<28} {'-':>6}  {row['path']}  [{row['status']}]"
         else:
-            others = ", ".join(f"{lab} {p:.2f}" for lab, p in zip(row["top_labels"][1:], row["top_probs"][1:]))
+            shown = 0 if row["unknown"] else 1  # an unknown row names its best class among the others
+            others = ", ".join(f"{lab} {p:.2f}" for lab, p in zip(row["top_labels"][shown:], row["top_probs"][shown:]))
             line = f"{row['label']:<28} {row['confidence']:>6.3f}  {row['path']}" + (f"  ({others})" if others else "")
         self.stream.write(line + "\n")
         self.stream.flush()

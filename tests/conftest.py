@@ -73,14 +73,14 @@ def easy_dataset(root: Path, per_class: int = 30, test_per_class: int = 4, seed:
 
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> dict[str, Path]:
-    """easy data -> manifest -> train (resnet18, 32 px, 3 epochs) -> export fp32 + int8: shared
-    by the training, export and runtime tests, built once."""
+    """easy data -> manifest -> train (resnet18, 32 px, 3 epochs) -> export fp32, int8 and
+    portable: shared by the training and export tests, built once."""
     base = tmp_path_factory.mktemp("pipeline")
-    data, out = easy_dataset(base / "data"), base / "out"
+    data, out = easy_dataset(base / "data", per_class=60), base / "out"
     steps = [
         ("manifest", data, "--out", out / "data"),
         ("train", "--manifest", out / "data" / "manifest.parquet", "--out", out / "run", *TINY, "--epochs", "3", "--lr", "3e-3"),
-        ("export", "--checkpoint", out / "run" / "best.pt", "--out", out / "model.onnx", "--int8"),
+        ("export", "--checkpoint", out / "run" / "best.pt", "--out", out / "model.onnx", "--int8", "--portable", "--accept-known", "0.8"),
     ]
     for step in steps:
         result = invoke(*step)
@@ -91,4 +91,5 @@ def pipeline_run(tmp_path_factory) -> dict[str, Path]:
         "run": out / "run",
         "onnx": out / "model.onnx",
         "int8": out / "model.int8.onnx",
+        "portable": out / "model.portable.onnx",
     }

@@ -22,7 +22,8 @@ def test_loss_falls_and_checkpoint_loads_as_documented(pipeline_run):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert max(h["val_accuracy"] for h in history) > 0.5  # 3 classes: chance is 1/3
     ckpt = torch.load(pipeline_run["run"] / "best.pt", weights_only=True)
-    assert {"state_dict", "arch", "classes", "mean", "std", "image_size"} <= set(ckpt)
+    assert {"state_dict", "arch", "classes", "mean", "std", "image_size", "resize_size", "interpolation",
+            "format_version", "calibration"} <= set(ckpt)
     model = getattr(torchvision.models, ckpt["arch"])(num_classes=len(ckpt["classes"]))
     model.load_state_dict(ckpt["state_dict"])
     config = json.loads((pipeline_run["run"] / "config.json").read_text())
@@ -44,7 +45,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(pipeline_run, tmp
 
     monkeypatch.setattr(trainer, "train_one_epoch", crash_on_second_epoch)
     result = invoke("train", *args, "--out", tmp_path / "cut")
-    assert result.exit_code == 1  # click's Abort on Ctrl-C
+    assert result.exit_code == 130  # Ctrl-C
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 0
     monkeypatch.setattr(trainer, "train_one_epoch", real)
     assert invoke("train", "--resume", tmp_path / "cut").exit_code == 0
@@ -135,3 +136,94 @@ def test_bad_manifest_and_checkpoint_give_one_clear_line(pipeline_run, tmp_path:
         result = invoke(*args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_checkpoint_round_trips_and_old_checkpoints_load(pipeline_run, tmp_path: Path):
+    from pipeline.checkpoint import Calibration, Checkpoint
+
+    ckpt = Checkpoint.load(pipeline_run["run"] / "best.pt")
+    ckpt.save(tmp_path / "copy.pt")
+    again = Checkpoint.load(tmp_path / "copy.pt")
+    assert again.preprocessing == ckpt.preprocessing and again.classes == ckpt.classes
+    assert again.calibration.temperature == ckpt.calibration.temperature
+    torch.testing.assert_close(again.calibration.centroids, ckpt.calibration.centroids)
+    old = {k: v for k, v in torch.load(pipeline_run["run"] / "best.pt", weights_only=True).items()
+           if k not in ("format_version", "interpolation", "calibration", "resize_size")}
+    torch.save(old, tmp_path / "v1.pt")
+    v1 = Checkpoint.load(tmp_path / "v1.pt")
+    assert v1.calibration == Calibration() and v1.preprocessing.resize_size == v1.preprocessing.image_size
+
+
+def test_temperature_scaling_lowers_nll_of_an_overconfident_model():
+    from pipeline.calibration import fit_report, fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 5, (600,), generator=g)
+    logits = torch.randn(600, 5, generator=g)
+    correct = torch.rand(600, generator=g) < 0.7
+    logits[correct, targets[correct]] += 2.0  # 70%-ish accurate...
+    logits *= 6.0  # ...but sure of itself
+    temperature = fit_temperature(logits, targets)
+    fit = fit_report(logits, targets, temperature)
+    assert temperature > 2.0
+    assert fit["nll_after"] < 0.7 * fit["nll_before"] and fit["ece_after"] < 0.5 * fit["ece_before"]
+    assert fit_temperature(logits / temperature, targets) == pytest.approx(1.0, abs=0.01)
+
+
+def test_threshold_accepts_the_requested_share_or_is_withheld():
+    import numpy as np
+
+    from pipeline.calibration import with_threshold
+    from pipeline.checkpoint import Calibration
+    from runtime.openset import auroc
+
+    known = np.random.default_rng(0).normal(size=500)
+    for accept in (0.5, 0.9, 0.95, 0.99):
+        cal, warnings = with_threshold(Calibration(), known, accept)
+        accepted = (known <= cal.ood_threshold).mean()
+        assert not warnings and accept <= accepted < accept + 1 / len(known) + 1e-9
+    cal, warnings = with_threshold(Calibration(), known[:30], 0.95)
+    assert cal.ood_threshold is None and "too few" in warnings[0]
+    assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0 and auroc(np.ones(3), np.ones(4)) == 0.5
+
+
+def test_resume_refuses_a_changed_manifest(pipeline_run, tmp_path: Path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_run["manifest"].parent, data)
+    assert invoke("train", "--manifest", data / "manifest.parquet", "--out", tmp_path / "run", *TINY, "--epochs", "2").exit_code == 0
+    (data / "manifest.parquet").write_bytes(pipeline_run["manifest"].read_bytes() + b"\0")
+    result = invoke("train", "--resume", tmp_path / "run")
+    assert result.exit_code == 2 and "has changed since this run started" in result.output
+
+
+def test_evaluate_reports_calibration_and_the_unknown_verdict(pipeline_run, tmp_path: Path):
+    from pipeline.checkpoint import Checkpoint
+    from pipeline.synth import write_unknown
+
+    unknown = tmp_path / "unknown"
+    write_unknown(unknown, 42, 12, size=(32, 24))
+    ckpt = Checkpoint.load(pipeline_run["run"] / "best.pt")
+    assert ckpt.calibration.ood_threshold is None  # 27 val images: too few for 95%, so plant one
+    ckpt.calibration.ood_threshold = 0.0
+    ckpt.save(tmp_path / "best.pt")
+    out = tmp_path / "eval"
+    result = invoke("evaluate", "--checkpoint", tmp_path / "best.pt", "--manifest", pipeline_run["manifest"],
+                    "--out", out, "--unknown", unknown, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    cal = report["calibration"]
+    assert cal["temperature"] > 0 and 0 <= cal["ece_after"] <= 1 and cal["nll_after"] >= 0
+    scores = report["unknown"]["scores"]
+    assert set(scores) == {"msp", "max_logit", "energy", "cosine"} and report["unknown"]["shipped"] == "energy"
+    assert all(0 <= s["auroc"] <= 1 and s["unknown_images"] == 12 for s in scores.values())
+    assert scores["energy"]["threshold"] == 0.0 and "unknown_rejected" in scores["energy"]  # applied to the shipped score
+    assert "threshold" not in scores["msp"] or scores["msp"]["threshold"] is None
+    assert "Unknown verdict: 12 images" in (out / "report.md").read_text()
+    assert (out / "reliability.png").stat().st_size > 1000
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke("evaluate", "--checkpoint", pipeline_run["run"] / "best.pt", "--manifest", pipeline_run["manifest"],
+                    "--out", out, "--unknown", empty)
+    assert result.exit_code == 2 and "no image files found" in result.output and result.output.count("\n") == 1

@@ -1,0 +1,156 @@
+"""Honest confidence and the "unknown" verdict, fitted after training.
+
+Temperature scaling (Guo et al., 2017): one scalar T, fitted on the val split by minimising the
+negative log-likelihood of ``softmax(logits / T)``; it changes no prediction, only how sure
+each one claims to be. The open-set scores are post-hoc rules over what the network already
+computes (logits and penultimate features); ``Network`` puts the chosen one into the graph as
+the ``ood_score`` output, so every consumer of the exported file computes the same number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.checkpoint import Calibration
+from pipeline.model import split_head
+from runtime.metrics import negative_log_likelihood, reliability
+from runtime.openset import SCORES, threshold_for
+
+ScoreRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _msp(logits, features, temperature, centroids):
+    return 1 - torch.softmax(logits / temperature, dim=1).amax(dim=1)
+
+
+def _max_logit(logits, features, temperature, centroids):
+    return -logits.amax(dim=1)
+
+
+def _energy(logits, features, temperature, centroids):
+    return -temperature * torch.logsumexp(logits / temperature, dim=1)
+
+
+def _cosine(logits, features, temperature, centroids):
+    return 1 - (features @ centroids.T).amax(dim=1)
+
+
+# (logits, L2-normalised features, temperature, class centroids) -> score, higher = less known.
+# Names and ranges are runtime.openset.SCORES: the runtime checks thresholds against them.
+SCORE_RULES: dict[str, ScoreRule] = {"msp": _msp, "max_logit": _max_logit, "energy": _energy, "cosine": _cosine}
+assert SCORE_RULES.keys() == SCORES.keys()
+
+
+def needs_centroids(score: str) -> bool:
+    return score == "cosine"
+
+
+class Network(nn.Module):
+    """The classifier as evaluation and export see it: ``image -> (logits, features,
+    ood_score)``. The weights are the checkpoint's; temperature and centroids are buffers, so
+    they travel into the ONNX graph as constants."""
+
+    def __init__(self, model: nn.Module, calibration: Calibration, num_classes: int):
+        super().__init__()
+        self.body, self.head = split_head(model)
+        centroids = calibration.centroids
+        if centroids is None:
+            centroids = torch.zeros(num_classes, self.head.in_features)
+        self.register_buffer("temperature", torch.tensor(float(calibration.temperature)))
+        self.register_buffer("centroids", centroids.float())
+        self.rule = SCORE_RULES[calibration.ood_score]
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raw = self.body(image)
+        logits = self.head(raw)
+        features = F.normalize(raw.float(), dim=1)
+        return logits, features, self.rule(logits.float(), features, self.temperature, self.centroids)
+
+
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The T in ``TEMPERATURE_RANGE`` minimising val NLL: a golden-section search on log T
+    (the NLL is unimodal in it), exact to 1e-4 and free of an optimiser's step size."""
+    logits, targets = logits.double(), targets.long()
+
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(logits / math.exp(log_t), targets))
+
+    lo, hi, ratio = math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1]), (math.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    while hi - lo > 1e-4:
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    return math.exp((lo + hi) / 2)
+
+
+def class_centroids(features: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The L2-normalised mean feature of each class (zeros for a class without images)."""
+    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
+    sums.index_add_(0, targets.long(), features.double())
+    return F.normalize(sums, dim=1).float()
+
+
+def fit_report(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> dict:
+    """NLL and expected calibration error (15 bins) before (T = 1) and after scaling."""
+    out = {}
+    for name, t in (("before", 1.0), ("after", temperature)):
+        probs = torch.softmax(logits.double() / t, dim=1).numpy()
+        out[f"nll_{name}"] = negative_log_likelihood(probs, targets.numpy())
+        out[f"ece_{name}"] = reliability(probs, targets.numpy())["ece"]
+    return out
+
+
+def calibrate(
+    val_logits: torch.Tensor, val_features: torch.Tensor, val_targets: torch.Tensor,
+    train_features: torch.Tensor, train_targets: torch.Tensor, num_classes: int,
+    score: str, accept_known: float,
+) -> tuple[Calibration, list[str]]:
+    """Temperature, class centroids (kept whichever score ships, so every candidate can be
+    evaluated and exported) and the threshold accepting ``accept_known`` of val, from the
+    network's outputs; returns the calibration and the warnings a person should see."""
+    temperature = fit_temperature(val_logits, val_targets)
+    calibration = Calibration(
+        temperature=temperature, ood_score=score, accept_known=accept_known,
+        centroids=class_centroids(train_features, train_targets, num_classes),
+        fit={**fit_report(val_logits, val_targets, temperature), "val_images": len(val_targets)},
+    )
+    calibration, warnings = with_threshold(calibration, ood_scores(val_logits, val_features, calibration)[score].numpy(), accept_known)
+    if not TEMPERATURE_RANGE[0] * 1.01 < temperature < TEMPERATURE_RANGE[1] / 1.01:
+        warnings.append(f"the temperature reached its bound ({temperature:.3g}): the val split is too small or too easy "
+                        "to calibrate on (every image right, or wrong), so confidences stay uncertain")
+    return calibration, warnings
+
+
+def ood_scores(logits: torch.Tensor, features: torch.Tensor, calibration: Calibration) -> dict[str, torch.Tensor]:
+    """Every candidate score for these outputs (those needing centroids only when there are)."""
+    temperature = torch.tensor(calibration.temperature)
+    centroids = calibration.centroids
+    return {
+        name: rule(logits.float(), features.float(), temperature, centroids)
+        for name, rule in SCORE_RULES.items()
+        if centroids is not None or not needs_centroids(name)
+    }
+
+
+def with_threshold(calibration: Calibration, known: np.ndarray, accept_known: float) -> tuple[Calibration, list[str]]:
+    """The calibration with the threshold that accepts ``accept_known`` of the known scores,
+    or without one (and a warning) when there are too few images to choose it."""
+    threshold, problem = threshold_for(known, accept_known)
+    return replace(calibration, ood_threshold=threshold, accept_known=accept_known), [problem] if problem else []

@@ -1,0 +1,154 @@
+"""The checkpoint: one type writes and reads ``best.pt`` and ``last.pt``.
+
+On disk it stays a plain dict of tensors and Python values (``torch.load(weights_only=True)``
+reads it without our code), with the keys the contract names: ``state_dict``, ``arch``,
+``classes``, ``mean``, ``std``, ``image_size``, ``resize_size``, ``interpolation``, plus the
+calibration (temperature, open-set score, class centroids, threshold), the run's config and,
+in ``last.pt`` only, the training state ``--resume`` needs.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.io import atomic_write
+from runtime.errors import SimpsonsError
+from runtime.metadata import Preprocessing
+from runtime.openset import ACCEPT_KNOWN
+
+FORMAT_VERSION = 2  # 1: no format_version, interpolation or calibration (still readable)
+DEFAULT_SCORE = "energy"  # the open-set score shipped by default: see BENCHMARKS.md, "Unknown verdict"
+
+
+class CheckpointError(SimpsonsError):
+    """A file given as a checkpoint is missing, damaged or not ours."""
+
+
+@dataclass
+class Calibration:
+    """What makes the probabilities honest and the "unknown" verdict possible, fitted on the
+    val split after training. A checkpoint without one behaves as ``Calibration()``: T = 1, a
+    score that needs no centroids, no threshold."""
+
+    temperature: float = 1.0
+    ood_score: str = DEFAULT_SCORE
+    ood_threshold: float | None = None
+    accept_known: float = ACCEPT_KNOWN
+    centroids: torch.Tensor | None = None  # C x D, L2-normalised class means of training features
+    fit: dict = field(default_factory=dict)  # val figures before and after (nll, ece), for the record
+
+    def to_dict(self) -> dict:
+        return {"temperature": self.temperature, "ood_score": self.ood_score, "ood_threshold": self.ood_threshold,
+                "accept_known": self.accept_known, "centroids": self.centroids, "fit": self.fit}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Calibration:
+        return cls(**d) if d else cls()
+
+
+@dataclass
+class Checkpoint:
+    state_dict: dict
+    arch: str
+    classes: list[str]
+    preprocessing: Preprocessing
+    config: dict
+    config_hash: str
+    epoch: int
+    metrics: dict
+    calibration: Calibration = field(default_factory=Calibration)
+    training: dict | None = None  # optimizer, scheduler, scaler, best, stale, history: last.pt only
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        p = self.preprocessing
+        return {
+            "format_version": self.format_version,
+            "state_dict": self.state_dict,
+            "arch": self.arch,
+            "classes": list(self.classes),
+            "mean": list(p.mean),
+            "std": list(p.std),
+            "image_size": p.image_size,
+            "resize_size": p.resize_size,
+            "interpolation": p.interpolation,
+            "config": self.config,
+            "config_hash": self.config_hash,
+            "epoch": self.epoch,
+            "metrics": self.metrics,
+            "calibration": self.calibration.to_dict(),
+            **({"training": self.training} if self.training is not None else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Checkpoint:
+        version = int(d.get("format_version", 1))
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format {version} is newer than this code ({FORMAT_VERSION})")
+        pre = Preprocessing(
+            image_size=int(d["image_size"]),
+            resize_size=int(d.get("resize_size", d["image_size"])),
+            mean=tuple(float(m) for m in d["mean"]),
+            std=tuple(float(s) for s in d["std"]),
+            interpolation=d.get("interpolation", "bilinear"),
+        )
+        return cls(
+            state_dict=d["state_dict"], arch=d["arch"], classes=list(d["classes"]), preprocessing=pre,
+            config=d.get("config", {}), config_hash=d.get("config_hash", ""), epoch=int(d.get("epoch", 0)),
+            metrics=d.get("metrics", {}), calibration=Calibration.from_dict(d.get("calibration")),
+            training=d.get("training"), format_version=FORMAT_VERSION,
+        )
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, lambda tmp: torch.save(self.to_dict(), tmp))
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        """Read ``path`` or raise ``CheckpointError`` with one line saying why not."""
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: checkpoint not found") from None
+        except IsADirectoryError:
+            raise CheckpointError(f"{path}: is a folder, not a checkpoint file") from None
+        except pickle.UnpicklingError:
+            raise CheckpointError(f"{path}: cannot load checkpoint (not a PyTorch checkpoint, or one holding more than tensors)") from None
+        except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
+            raise CheckpointError(f"{path}: cannot load checkpoint ({str(e).splitlines()[0][:120]})") from None
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{path}: not a Simpsons checkpoint (holds a {type(raw).__name__})")
+        try:
+            return cls.from_dict(raw)
+        except KeyError as e:
+            raise CheckpointError(f"{path}: not a Simpsons checkpoint (missing {e})") from None
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a Simpsons checkpoint ({e})") from None
+
+    def model(self) -> nn.Module:
+        """The trained network, in eval mode."""
+        import torchvision
+
+        from pipeline.model import available_archs
+
+        if self.arch not in available_archs():
+            raise CheckpointError(f"checkpoint architecture {self.arch!r} is unknown to this torchvision")
+        model = torchvision.models.get_model(self.arch, weights=None, num_classes=len(self.classes))
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as e:
+            raise CheckpointError(f"the checkpoint's weights do not fit {self.arch} ({str(e).splitlines()[0][:100]})") from None
+        return model.eval()
+
+
+def load_model(path: Path) -> tuple[nn.Module, Checkpoint]:
+    """The network and its checkpoint, for evaluation and export."""
+    ckpt = Checkpoint.load(path)
+    try:
+        return ckpt.model(), ckpt
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
