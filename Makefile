@@ -6,17 +6,20 @@ BIN     ?= $(VENV)/bin
 SETUP   ?= setup
 DATA    ?= demo/data
 OUT     ?= out
-ARCH    ?= resnet50
-WEIGHTS ?= imagenet
-EPOCHS  ?= 12
-IMAGE_SIZE ?= 224
+# Training options are simpsons train's own defaults (ResNet50, ImageNet weights, 224 px, 12
+# epochs: see pipeline/config.py); set one of these to change it.
+ARCH    ?=
+WEIGHTS ?=
+EPOCHS  ?=
+IMAGE_SIZE ?=
 TRAIN_ARGS ?=
+UNKNOWN ?=
 # `make demo`: built-in cartoon data, a small model trained from scratch on the CPU
 DEMO    ?= demo
-DEMO_SYNTH ?= --per-class 50
+DEMO_SYNTH ?= --per-class 50 --unknown 120
 DEMO_TRAIN ?= ARCH=resnet18 WEIGHTS=none EPOCHS=12 IMAGE_SIZE=64 TRAIN_ARGS="--lr 2e-3 --batch-size 32"
 
-.PHONY: setup test data train evaluate export infer bench demo demo-run summary edge-check clean
+.PHONY: setup test test-fast gpu-check data train evaluate export infer web bench demo demo-run summary edge-check clean
 
 $(VENV)/bin/simpsons: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,23 +33,50 @@ setup: $(VENV)/bin/simpsons
 test: $(SETUP)
 	$(BIN)/python -m pytest tests
 
+# Under a minute: everything that needs no trained model, no demo run and no browser.
+test-fast: $(SETUP)
+	$(BIN)/python -m pytest tests -m "not slow"
+
+# The GPU paths (AMP, channels_last, compile, nccl, resume, export, CUDA inference) on a CUDA
+# machine; says so and exits 0 elsewhere. Not part of `make test`.
+gpu-check: $(SETUP)
+	$(BIN)/python bench/gpu_check.py
+
 data: $(SETUP)
 	$(BIN)/simpsons manifest $(DATA) --out $(OUT)/data
 
 train: data
 	$(BIN)/simpsons train --manifest $(OUT)/data/manifest.parquet --out $(OUT)/run \
-		--arch $(ARCH) --weights $(WEIGHTS) --epochs $(EPOCHS) --image-size $(IMAGE_SIZE) $(TRAIN_ARGS)
+		$(if $(ARCH),--arch $(ARCH)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+		$(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(TRAIN_ARGS)
 
 evaluate: $(SETUP)
 	$(BIN)/simpsons evaluate --checkpoint $(OUT)/run/best.pt --manifest $(OUT)/data/manifest.parquet \
-		--split test --out $(OUT)/eval
+		--split test --out $(OUT)/eval $(if $(UNKNOWN),--unknown $(UNKNOWN))
 
 export: $(SETUP)
-	$(BIN)/simpsons export --checkpoint $(OUT)/run/best.pt --out $(OUT)/model.onnx --int8 --fp16
+	$(BIN)/simpsons export --checkpoint $(OUT)/run/best.pt --out $(OUT)/model.onnx --int8 --fp16 --portable
 
 infer: $(SETUP)
 	$(BIN)/simpsons-infer $(DATA)/kaggle_simpson_testset --model $(OUT)/model.int8.onnx \
-		-o $(OUT)/predictions.csv --evaluate
+		-o $(OUT)/predictions.csv --evaluate $(if $(UNKNOWN),--unknown $(UNKNOWN))
+
+# The browser page: index.html + app.js, the portable model and its sidecar, onnxruntime-web's
+# WASM files, in one folder that any static server serves.
+WEB     ?= $(OUT)/web
+WEB_MODEL ?= $(OUT)/model.portable.onnx
+ORT_DIST = web/node_modules/onnxruntime-web/dist
+web: web/node_modules/.installed
+	rm -rf $(WEB) && mkdir -p $(WEB)/ort
+	cp web/index.html web/app.js $(WEB)/
+	cp $(WEB_MODEL) $(WEB)/
+	cp $(basename $(WEB_MODEL)).json $(WEB)/model.portable.json
+	cp $(ORT_DIST)/ort.wasm.min.mjs $(ORT_DIST)/ort-wasm-simd-threaded.mjs $(ORT_DIST)/ort-wasm-simd-threaded.wasm $(WEB)/ort/
+	@echo "page in $(WEB): python -m http.server --bind 127.0.0.1 --directory $(WEB) 8000, then open http://127.0.0.1:8000"
+
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 bench: $(SETUP)
 	$(BIN)/python bench/bench_manifest.py
@@ -60,15 +90,17 @@ demo: setup demo-run
 demo-run:
 	rm -rf $(DEMO)
 	$(BIN)/simpsons synth $(DEMO)/data $(DEMO_SYNTH)
-	$(MAKE) --no-print-directory train evaluate export infer summary SETUP= DATA=$(DEMO)/data OUT=$(DEMO)/out $(DEMO_TRAIN)
+	$(MAKE) --no-print-directory train evaluate export infer summary SETUP= DATA=$(DEMO)/data OUT=$(DEMO)/out \
+		UNKNOWN=$(DEMO)/data/unknown $(DEMO_TRAIN)
 
 summary:
 	@echo
 	@echo "Artefacts"
 	@echo "  manifest:     $(OUT)/data/manifest.parquet, stats.json, classes_trainval.png, classes_test.png"
-	@echo "  training:     $(OUT)/run (best.pt, last.pt, config.json, history.json; tensorboard --logdir $(OUT)/run)"
-	@echo "  evaluation:   $(OUT)/eval (report.md, report.json, confusion.png, predictions.png, predictions.csv)"
-	@echo "  ONNX:         $(OUT)/model.onnx, model.int8.onnx, model.fp16.onnx, model.report.json"
+	@echo "  training:     $(OUT)/run (best.pt calibrated, last.pt, config.json, history.json; tensorboard --logdir $(OUT)/run)"
+	@echo "  evaluation:   $(OUT)/eval (report.md, report.json, confusion.png, reliability.png, predictions.png, predictions.csv)"
+	@echo "  ONNX:         $(OUT)/model.onnx, model.int8.onnx, model.fp16.onnx, model.portable.onnx, model.portable.int8.onnx,"
+	@echo "                a .json sidecar beside each, model.report.json; make web OUT=$(OUT) puts the page in $(OUT)/web"
 	@echo "  inference:    $(OUT)/predictions.csv"
 	@echo
 	@cat $(OUT)/eval/report.md

@@ -68,6 +68,25 @@ def one(sample: Path, left_out: str, args) -> dict:
     return {"left_out": left_out, "fit": fit, "report": report}
 
 
+def ece_floor(predictions_csv: Path, runs: int = 200) -> float:
+    """The ECE a perfectly calibrated model would still show on these confidences: correctness
+    drawn as Bernoulli(confidence), averaged over ``runs`` draws. Below about this, a measured
+    ECE is sampling noise, not miscalibration."""
+    import csv
+
+    import numpy as np
+
+    from runtime.metrics import reliability
+
+    confidence = np.array([float(r["confidence"]) for r in csv.DictReader(predictions_csv.open())])
+    rng, eces = np.random.default_rng(0), []
+    for _ in range(runs):
+        correct = rng.random(len(confidence)) < confidence
+        probs = np.stack([confidence, 1 - confidence], axis=1)
+        eces.append(reliability(probs, np.where(correct, 0, 1))["ece"])
+    return float(np.mean(eces))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--leave-out", nargs="+", default=["lisa_simpson", "abraham_grampa_simpson"])
@@ -86,7 +105,8 @@ def main() -> None:
               f"{report['num_samples']} known test frames, test macro-F1 {report['macro avg']['f1']:.3f})")
         print(f"val ({fit['val_images']} images): NLL {fit['nll_before']:.3f} -> {fit['nll_after']:.3f}, "
               f"ECE {fit['ece_before']:.3f} -> {fit['ece_after']:.3f}; test: NLL {cal['nll_before']:.3f} -> "
-              f"{cal['nll_after']:.3f}, ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f} (T = {cal['temperature']:.3f})")
+              f"{cal['nll_after']:.3f}, ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f} (T = {cal['temperature']:.3f}); "
+              f"ECE of a perfectly calibrated model on these test confidences: {ece_floor(WORK / f'openset-{left_out}' / 'eval' / 'predictions.csv'):.3f}")
         print("| score | AUROC | FPR at 95% known accepted | known test accepted at threshold | unknown rejected at threshold |")
         print("|---|---|---|---|---|")
         for name, s in unknown["scores"].items():

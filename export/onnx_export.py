@@ -25,6 +25,7 @@ from pipeline.checkpoint import load_model
 from pipeline.io import atomic_write, write_json
 from runtime.classifier import Classifier
 from runtime.errors import SimpsonsError
+from runtime.files import check_writable
 from runtime.metadata import (
     FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, Preprocessing, encode, sidecar, sidecar_path,
 )
@@ -271,8 +272,7 @@ def export(
     info = ModelInfo(classes=tuple(classes), preprocessing=pre, arch=ckpt.arch, config_hash=ckpt.config_hash,
                      temperature=cal.temperature, ood_score=cal.ood_score)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out.parent).close()
+        check_writable(out.parent)
     except OSError as e:
         raise ExportError(f"{out}: cannot write there ({e.strerror or e})") from None
 

@@ -22,7 +22,8 @@ from runtime.metadata import Preprocessing
 from runtime.openset import ACCEPT_KNOWN
 
 FORMAT_VERSION = 2  # 1: no format_version, interpolation or calibration (still readable)
-DEFAULT_SCORE = "energy"  # the open-set score shipped by default: see BENCHMARKS.md, "Unknown verdict"
+DEFAULT_SCORE = "cosine"  # the open-set score calibration ships: see BENCHMARKS.md, "Unknown verdict"
+UNCALIBRATED_SCORE = "energy"  # for checkpoints without calibration: the best score that needs no centroids
 
 
 class CheckpointError(SimpsonsError):
@@ -36,7 +37,7 @@ class Calibration:
     score that needs no centroids, no threshold."""
 
     temperature: float = 1.0
-    ood_score: str = DEFAULT_SCORE
+    ood_score: str = UNCALIBRATED_SCORE
     ood_threshold: float | None = None
     accept_known: float = ACCEPT_KNOWN
     centroids: torch.Tensor | None = None  # C x D, L2-normalised class means of training features

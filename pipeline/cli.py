@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.config import TrainConfig as C
 from runtime.errors import SimpsonsError
 from runtime.logs import to_stderr
 
@@ -113,35 +114,33 @@ def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, kee
     click.echo(f"wrote {out_dir / engine.MANIFEST} and {out_dir / engine.STATS}", err=True)
 
 
-def _train_config(options: dict):
-    from pipeline.train import TrainConfig
-
-    return TrainConfig(**{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()})
+def _train_config(options: dict) -> C:
+    return C(**{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()})
 
 
 @main.command()
 @click.option("--manifest", type=click.Path(path_type=Path), default=Path("out/data/manifest.parquet"))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/run"), help="run folder: checkpoints, TensorBoard logs, config.json")
-@click.option("--arch", default="resnet50", help="any torchvision classifier: resnet18/34/50/101, efficientnet_b0, convnext_tiny, ...")
-@click.option("--weights", default="imagenet", help="imagenet (downloaded), none, or a local state-dict file")
-@click.option("--image-size", type=click.IntRange(16), default=224)
-@click.option("--crop-fraction", type=click.FloatRange(0.5, 1.0), default=0.875, help="eval: resize to size/fraction, centre-crop size")
-@click.option("--epochs", type=click.IntRange(1), default=12)
-@click.option("--batch-size", type=click.IntRange(1), default=64, help="per process")
-@click.option("--lr", type=float, default=1e-3)
-@click.option("--weight-decay", type=float, default=0.05)
-@click.option("--warmup-epochs", type=click.FloatRange(0), default=1.0)
-@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.1)
-@click.option("--balance", type=click.Choice(["sampler", "loss", "none"]), default="sampler", help="class imbalance: weighted sampling, loss weights, or nothing")
-@click.option("--freeze-epochs", type=click.IntRange(0), default=0, help="train only the head for this many epochs first")
-@click.option("--downscale", type=click.FloatRange(1.0), default=4.0, help="random down-scaling up to this factor (test images are ~3x smaller)")
-@click.option("--patience", type=click.IntRange(1), default=5, help="early stopping: epochs without a better val macro-F1")
-@click.option("--workers", type=int, default=-1, help="data-loader processes (-1: one per core, at most 8)")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", help="mixed precision on CUDA")
-@click.option("--compile", is_flag=True, help="torch.compile the model")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--seed", type=int, default=0)
-@click.option("--data-root", default=None, help="where the manifest's paths live (default: as recorded in stats.json)")
+@click.option("--arch", default=C.arch, help="any torchvision classifier: resnet18/34/50/101, efficientnet_b0, convnext_tiny, ...")
+@click.option("--weights", default=C.weights, help="imagenet (downloaded), none, or a local state-dict file")
+@click.option("--image-size", type=click.IntRange(16), default=C.image_size)
+@click.option("--crop-fraction", type=click.FloatRange(0.5, 1.0), default=C.crop_fraction, help="eval: resize to size/fraction, centre-crop size")
+@click.option("--epochs", type=click.IntRange(1), default=C.epochs)
+@click.option("--batch-size", type=click.IntRange(1), default=C.batch_size, help="per process")
+@click.option("--lr", type=float, default=C.lr)
+@click.option("--weight-decay", type=float, default=C.weight_decay)
+@click.option("--warmup-epochs", type=click.FloatRange(0), default=C.warmup_epochs)
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=C.label_smoothing)
+@click.option("--balance", type=click.Choice(["sampler", "loss", "none"]), default=C.balance, help="class imbalance: weighted sampling, loss weights, or nothing")
+@click.option("--freeze-epochs", type=click.IntRange(0), default=C.freeze_epochs, help="train only the head for this many epochs first")
+@click.option("--downscale", type=click.FloatRange(1.0), default=C.downscale, help="random down-scaling up to this factor (test images are ~3x smaller)")
+@click.option("--patience", type=click.IntRange(1), default=C.patience, help="early stopping: epochs without a better val macro-F1")
+@click.option("--workers", type=int, default=C.workers, help="data-loader processes (-1: one per core, at most 8)")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default=C.amp, help="mixed precision on CUDA")
+@click.option("--compile", is_flag=True, default=C.compile, help="torch.compile the model")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=C.device)
+@click.option("--seed", type=int, default=C.seed)
+@click.option("--data-root", default=C.data_root, help="where the manifest's paths live (default: as recorded in stats.json)")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None, help="continue RUN_DIR exactly from its last.pt and config.json (other options ignored)")
 def train(resume_dir: Path | None, **options) -> None:
     """Fine-tune a classifier on the manifest's train split, selecting on val macro-F1, then

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,13 +25,11 @@ class ManifestDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        """``key`` is an index, or (index, seed) from ``EpochSampler``: seeding each sample
-        makes augmentation independent of worker count and of persistent workers' history."""
-        i, seed = key if isinstance(key, tuple) else (key, None)
-        if seed is not None:
-            random.seed(seed)
-            torch.manual_seed(seed)
-        return self.transform(self.paths[i]), self.targets[i]
+        """``key`` is an index, or (index, seed) from ``EpochSampler``: each sample's
+        augmentation draws from its own generators, seeded by the sampler, so it is independent
+        of worker count and of persistent workers' history, and no global RNG is touched."""
+        i, seed = key if isinstance(key, tuple) else (key, 0)
+        return self.transform(self.paths[i], seed), self.targets[i]
 
 
 class UnlabelledDataset(Dataset):
@@ -45,7 +42,7 @@ class UnlabelledDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.paths[i]), -1
+        return self.transform(self.paths[i], 0), -1
 
 
 def split_rows(manifest: pl.DataFrame, split: str) -> pl.DataFrame:

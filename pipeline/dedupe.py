@@ -14,7 +14,7 @@ import polars as pl
 from pipeline.fingerprint import THUMB_SIZE
 
 PHASH_MAX_DISTANCE = 12  # of 64 bits: proposes a pair
-THUMB_MAX_DIFFERENCE = 10.0  # mean absolute 0..255 difference of 16x16 RGB thumbnails: accepts it
+THUMB_MAX_DIFFERENCE = 10.0  # mean absolute 0..255 difference of the RGB thumbnails (THUMB_SIZE): accepts it
 
 
 def mark_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:

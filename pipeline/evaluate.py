@@ -135,7 +135,8 @@ def evaluate_checkpoint(
     matrix = np.array(report["confusion_matrix"])[np.ix_(present, present)]
     figures.save(figures.confusion_figure(matrix, [classes[i] for i in present], f"{split}: confusion"), out / "confusion.png")
     before = reliability(torch.softmax(logits, 1).numpy(), targets.numpy())
-    figures.save(figures.reliability_figure(before, reliability(probs, targets.numpy()), f"{split}: reliability"), out / "reliability.png")
+    figure = figures.reliability_figure(before, reliability(probs, targets.numpy()), f"{split}: reliability", calibration.temperature)
+    figures.save(figure, out / "reliability.png")
     shown = grid_sample(true, pred, grid)
     images = [np.asarray(load_image(dataset.paths[i], min_size=160)) for i in shown]
     figures.save(figures.prediction_grid(images, [true[i] for i in shown], [pred[i] for i in shown]), out / "predictions.png")

@@ -54,26 +54,31 @@ def prediction_grid(images: Sequence[np.ndarray], true: Sequence[str], predicted
     return fig
 
 
-def reliability_figure(before: dict, after: dict, title: str = "Reliability"):
-    """Accuracy against confidence per bin (runtime.metrics.reliability), before and after
-    temperature scaling; a calibrated model follows the diagonal. Bar widths are the bins,
-    the counts are written under the x axis."""
+def reliability_figure(before: dict, after: dict, title: str = "Reliability", temperature: float | None = None):
+    """Two reliability diagrams (runtime.metrics.reliability), before and after temperature
+    scaling: per confidence bin, the accuracy (bars) and the gap to the bin's mean confidence
+    (red); a calibrated model's bars reach the diagonal. Bin counts sit under the bars."""
     plt = pyplot()
     bins = before["bins"]
-    edges = np.linspace(0, 1, bins + 1)
-    fig, ax = plt.subplots(figsize=(5.2, 5.2))
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
-    for result, colour, name in ((before, "tab:orange", "before (T = 1)"), (after, "tab:blue", "after temperature scaling")):
-        shown = np.array(result["count"]) > 0
-        ax.bar(edges[:-1][shown], np.array(result["accuracy"])[shown], width=1 / bins, align="edge", alpha=0.35,
-               color=colour, edgecolor=colour, label=f"{name}: ECE {result['ece']:.3f}")
-        ax.plot(np.array(result["confidence"])[shown], np.array(result["accuracy"])[shown], "o", color=colour, markersize=3)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top-1 probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{title}, {sum(after['count'])} images, {bins} bins")
-    ax.legend(loc="upper left", fontsize=8)
+    edges = np.linspace(0, 1, bins + 1)[:-1]
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.8), sharey=True)
+    after_name = f"after temperature scaling (T = {temperature:.2f})" if temperature else "after temperature scaling"
+    for ax, result, name in ((axes[0], before, "before (T = 1)"), (axes[1], after, after_name)):
+        count, accuracy, confidence = (np.array(result[k]) for k in ("count", "accuracy", "confidence"))
+        shown = count > 0
+        ax.bar(edges[shown], accuracy[shown], width=1 / bins, align="edge", color="tab:blue", edgecolor="white", label="accuracy")
+        ax.bar(edges[shown], confidence[shown] - accuracy[shown], bottom=accuracy[shown], width=1 / bins, align="edge",
+               fill=False, hatch="///", edgecolor="tab:red", linewidth=0.8, label="gap to mean confidence")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        for x, n in zip(edges[shown], count[shown]):
+            ax.text(x + 0.5 / bins, 0.01, str(n), ha="center", va="bottom", fontsize=6, color="white")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-1 probability)")
+        ax.set_title(f"{name}\nECE {result['ece']:.3f}", fontsize=10)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"{title}: {sum(after['count'])} images, {bins} bins", fontsize=11)
     fig.tight_layout()
     return fig
 

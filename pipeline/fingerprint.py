@@ -21,6 +21,7 @@ from runtime.labels import is_image_name
 from runtime.parallel import in_order
 from runtime.preprocess import ORIENTATION, to_rgb
 
+FINGERPRINT_VERSION = 2  # bump when any column's algorithm changes: the cache is keyed by it
 STATS_MIN_SIZE = 128  # JPEGs decode at the smallest DCT scale keeping both sides >= this
 THUMB_SIZE = 8  # verification thumbnail, RGB
 KEY = ["path", "size_bytes", "mtime_ns"]
@@ -36,7 +37,7 @@ FINGERPRINT_SCHEMA = {
     "width": pl.Int32,  # after EXIF orientation
     "height": pl.Int32,
     "phash": pl.UInt64,  # DCT perceptual hash of the 32x32 grey image
-    "thumb": pl.Binary,  # 16x16x3 uint8, to verify perceptual-hash matches
+    "thumb": pl.Binary,  # THUMB_SIZE x THUMB_SIZE x 3 uint8, to verify perceptual-hash matches
     "pixel_sum": pl.List(pl.Float64),  # per RGB channel, 0..1 scale
     "pixel_sumsq": pl.List(pl.Float64),
     "pixel_count": pl.Int64,

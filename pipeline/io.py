@@ -4,30 +4,13 @@ fingerprint cache that lets a rerun skip work already done."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 
+from runtime.files import atomic_write, remove_stale_temporaries
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` fills a temporary file beside ``path``; a rename makes it visible at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["ShardCache", "atomic_write", "write_json", "write_parquet"]
 
 
 def write_json(path: Path, data: object) -> None:
@@ -71,3 +54,4 @@ class ShardCache:
         for shard in self.shards():
             shard.unlink()
         merged.rename(self.folder / "part-000000.parquet")
+        remove_stale_temporaries(self.folder)

@@ -8,21 +8,25 @@ disk, uses the cache and writes ``manifest.parquet``, ``stats.json`` and the plo
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import polars as pl
+import xxhash
 
 from pipeline import dedupe, split, stats
 from pipeline import plots as plots_module
-from pipeline.fingerprint import FINGERPRINT_SCHEMA, KEY, fingerprint
+from pipeline.fingerprint import FINGERPRINT_SCHEMA, FINGERPRINT_VERSION, KEY, fingerprint
 from pipeline.io import ShardCache, write_json, write_parquet
 from pipeline.scan import scan
 from runtime.errors import SimpsonsError
+from runtime.files import check_writable
 from runtime.progress import progress
 
+log = logging.getLogger("simpsons.manifest")
 MANIFEST = "manifest.parquet"
 STATS = "stats.json"
 CACHE_CHUNK = 256  # files fingerprinted between two cache saves
@@ -58,11 +62,22 @@ def build(files: pl.DataFrame, fingerprints: pl.DataFrame, config: ManifestConfi
     return df.select(COLUMNS).sort("path"), classes
 
 
+def cache_folder(data_root: Path) -> Path:
+    """Where the fingerprints of ``data_root`` are cached: they belong to the data, not to one
+    output folder, so every manifest built from the same files reuses them. The algorithm's
+    version is part of the path: a change to the hash, thumbnail or statistics starts afresh.
+    ``$SIMPSONS_CACHE``, else ``$XDG_CACHE_HOME/simpsons``, else ``~/.cache/simpsons``."""
+    base = os.environ.get("SIMPSONS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "simpsons"
+    root = str(data_root.resolve())
+    return Path(base) / f"{data_root.resolve().name}-{xxhash.xxh3_64_hexdigest(root.encode())}" / f"fingerprints-v{FINGERPRINT_VERSION}"
+
+
 def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | None = None, plots: bool = True) -> dict:
     """Build and write the manifest; returns the statistics. Bad files become rows with a
     status and one warning line each; nothing here stops on a bad file."""
     files, empty = scan(data_root)
-    cache = ShardCache(out_dir / ".cache" / "fingerprints", KEY, FINGERPRINT_SCHEMA)
+    check_writable(out_dir)
+    cache = ShardCache(cache_folder(data_root), KEY, FINGERPRINT_SCHEMA)
     cached = cache.load()
     fingerprints = fingerprint(
         files, data_root, cached, cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
@@ -70,10 +85,13 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
     )
     if len(fingerprints) != len(cached) or len(cache.shards()) > 1:
         cache.compact(fingerprints)
+    for old in cache.folder.parent.glob("fingerprints-v*"):  # an earlier algorithm's cache is of no use
+        if old != cache.folder:
+            shutil.rmtree(old, ignore_errors=True)
     df, classes = build(files, fingerprints, config)
     summary = stats.summarise(df, classes, empty, {"data_root": str(data_root.resolve()), **asdict(config)})
     for problem in summary["problems"]:
-        print(f"warning: {problem['path']}: {problem['reason']} [{problem['status']}]", file=sys.stderr)
+        log.warning("%s: %s [%s]", problem["path"], problem["reason"], problem["status"])
     previous = _read_json(out_dir / STATS)
     write_parquet(out_dir / MANIFEST, df)
     write_json(out_dir / STATS, summary)

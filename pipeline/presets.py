@@ -23,10 +23,10 @@ class RandomDownscale:
     def __init__(self, max_factor: float = 4.0, p: float = 0.5):
         self.max_factor, self.p = max_factor, p
 
-    def __call__(self, img: Image.Image) -> Image.Image:
-        if random.random() >= self.p:
+    def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
+        if rng.random() >= self.p:
             return img
-        factor = random.uniform(1.0, self.max_factor)
+        factor = rng.uniform(1.0, self.max_factor)
         size = (max(8, round(img.width / factor)), max(8, round(img.height / factor)))
         return img.resize(size, Image.Resampling.BILINEAR)
 
@@ -34,8 +34,8 @@ class RandomDownscale:
 class TrainPreset:
     def __init__(self, pre: Preprocessing, downscale: float = 4.0):
         self.draft = 2 * pre.image_size  # decode JPEGs no larger than the crops need
+        self.downscale = RandomDownscale(downscale)
         self.transform = T.Compose([
-            RandomDownscale(downscale),
             T.RandomResizedCrop(pre.image_size, scale=(0.35, 1.0), antialias=True),
             T.RandomHorizontalFlip(),
             T.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.02),
@@ -44,13 +44,18 @@ class TrainPreset:
             T.Normalize(pre.mean, pre.std),
         ])
 
-    def __call__(self, path: str) -> torch.Tensor:
-        return self.transform(load_image(path, min_size=self.draft))
+    def __call__(self, path: str, seed: int) -> torch.Tensor:
+        """One augmented sample; ``seed`` decides every random choice (Python's for the
+        down-scaling, torch's, in a forked generator state, for torchvision's transforms)."""
+        img = self.downscale(load_image(path, min_size=self.draft), random.Random(seed))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(img)
 
 
 class EvalPreset:
     def __init__(self, pre: Preprocessing):
         self.pre = pre
 
-    def __call__(self, path: str) -> torch.Tensor:
+    def __call__(self, path: str, seed: int = 0) -> torch.Tensor:
         return torch.from_numpy(preprocess(path, self.pre))

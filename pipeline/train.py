@@ -13,9 +13,8 @@ import logging
 import math
 import os
 import random
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from torch import nn
 
 from pipeline import data, manifest as manifest_io
 from pipeline.checkpoint import DEFAULT_SCORE, Calibration, Checkpoint
+from pipeline.config import TrainConfig
 from pipeline.io import write_json
 from pipeline.model import build_model
 from runtime.errors import SimpsonsError
@@ -40,37 +40,6 @@ class TrainError(SimpsonsError):
     """The run cannot start or continue as asked; the message says why."""
 
 CENTROID_IMAGES_PER_CLASS = 200  # training images per class averaged into its feature centroid (cosine score)
-
-
-@dataclass
-class TrainConfig:
-    manifest: str
-    out: str
-    arch: str = "resnet50"
-    weights: str = "imagenet"
-    image_size: int = 224
-    crop_fraction: float = 0.875
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    balance: str = "sampler"  # sampler | loss | none
-    freeze_epochs: int = 0  # head only for this many epochs (staged fine-tuning)
-    downscale: float = 4.0  # random down-scaling up to this factor
-    patience: int = 5  # early stopping: epochs without a better val macro-F1
-    workers: int = -1  # data-loader processes; -1: one per core, at most 8
-    amp: str = "auto"  # auto (bf16/fp16 on CUDA) | bf16 | fp16 | off
-    compile: bool = False
-    device: str = "auto"
-    seed: int = 0
-    data_root: str | None = None  # default: where the manifest was built from
-
-    @classmethod
-    def load(cls, path: Path) -> TrainConfig:
-        saved = json.loads(path.read_text())
-        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
 def file_hash(path: Path) -> str:
@@ -350,8 +319,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         write_json(out / "config.json", {**asdict(config), "manifest_hash": file_hash(manifest_path),
                                          "config_hash": config_hash(config), "classes": classes, "world_size": world})
         writer = SummaryWriter(str(out))
-        print(f"training {config.arch} on {len(targets)} images ({len(classes)} classes), validating on "
-              f"{len(val_loader.dataset)}; {device}, {world} process(es), amp {dtype}", file=sys.stderr)
+        log.info("training %s on %d images (%d classes), validating on %d; %s, %d process(es), amp %s",
+                 config.arch, len(targets), len(classes), len(val_loader.dataset), device, world, dtype)
 
     for epoch in range(start_epoch, config.epochs):
         seed_everything(config.seed * 1000 + epoch)
@@ -378,17 +347,16 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             ckpt.training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "scaler": scaler.state_dict(), "best": best, "stale": stale, "history": history}
             ckpt.save(out / "last.pt")
-            print(f"epoch {epoch + 1}: train loss {loss:.3f}, val loss {report['loss']:.3f}, val acc "
-                  f"{report['accuracy']:.3f}, val macro-F1 {f1:.3f}{' (best)' if improved else ''}, "
-                  f"{speed:.0f} img/s", file=sys.stderr)
+            log.info("epoch %d: train loss %.3f, val loss %.3f, val acc %.3f, val macro-F1 %.3f%s, %.0f img/s", epoch + 1,
+                     loss, report["loss"], report["accuracy"], f1, " (best)" if improved else "", speed)
         if stale >= config.patience:
             if rank == 0:
-                print(f"early stop: no better val macro-F1 for {stale} epochs", file=sys.stderr)
+                log.info("early stop: no better val macro-F1 for %d epochs", stale)
             break
     if writer:
         writer.close()
     if rank == 0:
-        print(calibrate_best(config, table, stats, device), file=sys.stderr)
+        log.info(calibrate_best(config, table, stats, device))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

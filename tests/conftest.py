@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -9,6 +10,19 @@ import pytest
 from PIL import Image
 
 from pipeline import synth
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test that needs the trained pipeline run is slow; `make test-fast` skips them."""
+    for item in items:
+        if "pipeline_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> None:
+    """Fingerprint caches go to a temporary folder, never to the user's ~/.cache."""
+    os.environ["SIMPSONS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 
+from pipeline.checkpoint import DEFAULT_SCORE
 from runtime import Classifier
 from runtime.metadata import FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, sha256, sidecar_path
 from tests.conftest import invoke
@@ -50,9 +51,9 @@ def test_each_variant_gets_a_threshold_accepting_the_requested_share_of_val(pipe
     report = json.loads(pipeline_run["onnx"].with_suffix(".report.json").read_text())
     for name in ("fp32", "int8", "portable", "portable-int8"):
         variant = report["variants"][name]
-        assert variant["accept_known"] == 0.8 and 0.8 <= variant["val_known_accepted"] < 0.9, (name, variant)
+        assert variant["accept_known"] == 0.8 and variant["val_known_accepted"] >= 0.8, (name, variant)  # ties may add more
     clf = Classifier(pipeline_run["onnx"], device="cpu")
-    assert clf.threshold == report["variants"]["fp32"]["ood_threshold"] and clf.info.ood_score == "energy"
+    assert clf.threshold == report["variants"]["fp32"]["ood_threshold"] and clf.info.ood_score == DEFAULT_SCORE
 
 
 def test_portable_model_needs_no_preprocessing_code(pipeline_run):

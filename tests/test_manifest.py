@@ -130,7 +130,7 @@ def test_bad_inputs_get_a_status_and_the_rest_is_processed(dataset: Path, tmp_pa
     assert "gil" not in stats["classes"]
     problems = {p["path"].split("/")[-1]: p["status"] for p in stats["problems"]}
     assert problems["gil"] == "empty_folder" and problems["text.jpg"] == "not_image"
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("simpsons: warning:")]
     assert any("text.jpg" in w and "cannot identify" in w for w in warnings)
     assert "Traceback" not in result.output
     assert (df["status"] == "ok").sum() > 50
@@ -215,3 +215,42 @@ def test_unwritable_output_is_one_clear_line(dataset: Path, tmp_path: Path):
     blocker.write_text("")
     result = CliRunner().invoke(main, ["manifest", str(dataset), "--out", str(blocker / "out")])
     assert result.exit_code == 2 and "cannot write" in result.output and result.output.count("\n") == 1
+
+
+def test_fingerprint_cache_follows_the_data_and_its_version(dataset: Path, tmp_path: Path, monkeypatch):
+    import pipeline.fingerprint as fp
+
+    calls = []
+    real = fp.fingerprint_bytes
+    monkeypatch.setattr(fp, "fingerprint_bytes", lambda data, name: calls.append(name) or real(data, name))
+    engine.run(dataset, tmp_path / "a", engine.ManifestConfig(), plots=False)
+    first = len(calls)
+    assert first > 50
+    engine.run(dataset, tmp_path / "elsewhere", engine.ManifestConfig(), plots=False)
+    assert len(calls) == first  # another output folder, the same data: nothing fingerprinted again
+    monkeypatch.setattr(engine, "FINGERPRINT_VERSION", fp.FINGERPRINT_VERSION + 1)
+    engine.run(dataset, tmp_path / "a", engine.ManifestConfig(), plots=False)
+    assert len(calls) == 2 * first  # a new algorithm version: every file again
+    folders = [p.name for p in engine.cache_folder(dataset).parent.iterdir()]
+    assert folders == [f"fingerprints-v{fp.FINGERPRINT_VERSION + 1}"]  # the old version's cache is gone
+
+
+def test_atomic_writes_keep_the_umask_and_remove_stale_temporaries(tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    from runtime.files import atomic_write
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".manifest.parquet.{dead}.abcd1234.tmp"
+    stale.write_bytes(b"half a file from a killed run")
+    mine = tmp_path / f".manifest.parquet.{os.getpid()}.live0000.tmp"
+    mine.write_bytes(b"a file this process is writing")
+    umask = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "manifest.parquet", lambda tmp: tmp.write_bytes(b"ok"))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "manifest.parquet").stat().st_mode & 0o777 == 0o640
+    assert not stale.exists() and mine.exists()

@@ -199,14 +199,14 @@ def test_resume_refuses_a_changed_manifest(pipeline_run, tmp_path: Path):
 
 
 def test_evaluate_reports_calibration_and_the_unknown_verdict(pipeline_run, tmp_path: Path):
-    from pipeline.checkpoint import Checkpoint
+    from pipeline.checkpoint import DEFAULT_SCORE, Checkpoint
     from pipeline.synth import write_unknown
 
     unknown = tmp_path / "unknown"
     write_unknown(unknown, 42, 12, size=(32, 24))
     ckpt = Checkpoint.load(pipeline_run["run"] / "best.pt")
     assert ckpt.calibration.ood_threshold is None  # 27 val images: too few for 95%, so plant one
-    ckpt.calibration.ood_threshold = 0.0
+    ckpt.calibration.ood_threshold = 0.5
     ckpt.save(tmp_path / "best.pt")
     out = tmp_path / "eval"
     result = invoke("evaluate", "--checkpoint", tmp_path / "best.pt", "--manifest", pipeline_run["manifest"],
@@ -216,10 +216,10 @@ def test_evaluate_reports_calibration_and_the_unknown_verdict(pipeline_run, tmp_
     cal = report["calibration"]
     assert cal["temperature"] > 0 and 0 <= cal["ece_after"] <= 1 and cal["nll_after"] >= 0
     scores = report["unknown"]["scores"]
-    assert set(scores) == {"msp", "max_logit", "energy", "cosine"} and report["unknown"]["shipped"] == "energy"
+    assert set(scores) == {"msp", "max_logit", "energy", "cosine"} and report["unknown"]["shipped"] == DEFAULT_SCORE
     assert all(0 <= s["auroc"] <= 1 and s["unknown_images"] == 12 for s in scores.values())
-    assert scores["energy"]["threshold"] == 0.0 and "unknown_rejected" in scores["energy"]  # applied to the shipped score
-    assert "threshold" not in scores["msp"] or scores["msp"]["threshold"] is None
+    shipped, other = scores[DEFAULT_SCORE], scores["max_logit"]
+    assert shipped["threshold"] == 0.5 and "unknown_rejected" in shipped and other["threshold"] is None  # applied to the shipped score
     assert "Unknown verdict: 12 images" in (out / "report.md").read_text()
     assert (out / "reliability.png").stat().st_size > 1000
     empty = tmp_path / "empty"
@@ -227,3 +227,84 @@ def test_evaluate_reports_calibration_and_the_unknown_verdict(pipeline_run, tmp_
     result = invoke("evaluate", "--checkpoint", pipeline_run["run"] / "best.pt", "--manifest", pipeline_run["manifest"],
                     "--out", out, "--unknown", empty)
     assert result.exit_code == 2 and "no image files found" in result.output and result.output.count("\n") == 1
+
+
+def test_train_option_defaults_are_the_config_defaults():
+    """TrainConfig is the one source of training defaults: the CLI shows exactly its values."""
+    from dataclasses import MISSING, fields
+
+    from pipeline.cli import train
+    from pipeline.config import TrainConfig
+
+    options = {p.name: p.default for p in train.params if p.name not in ("resume_dir",)}
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    assert {k: v for k, v in options.items() if k in defaults} == defaults
+    assert set(options) == {f.name for f in fields(TrainConfig)}  # every field is an option, and only those
+
+
+def test_a_config_with_unknown_or_missing_keys_is_refused(pipeline_run, tmp_path: Path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(pipeline_run["run"], run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "learning_rate": 0.1}))
+    result = invoke("train", "--resume", run)
+    assert result.exit_code == 2 and "unknown keys learning_rate" in result.output
+    del config["epochs"]
+    (run / "config.json").write_text(json.dumps(config))
+    result = invoke("train", "--resume", run)
+    assert result.exit_code == 2 and "lacks epochs" in result.output
+
+
+def test_balance_loss_trains_and_validates(pipeline_run, tmp_path: Path):
+    """Class weights in the loss: training on the device, validation loss on the CPU logits
+    (on CUDA the two differ; `make gpu-check` runs this on a GPU)."""
+    result = invoke("train", "--manifest", pipeline_run["manifest"], "--out", tmp_path / "run", *TINY, "--epochs", "1", "--balance", "loss")
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[0]["val_loss"] == history[0]["val_loss"]  # a number, not NaN
+
+
+def test_augmentation_draws_from_per_sample_generators(pipeline_run):
+    """The same (index, seed) gives the same sample whatever happened before, and reading a
+    sample leaves the global random generators untouched."""
+    import random
+
+    import polars as pl
+
+    from pipeline import data
+    from pipeline.presets import TrainPreset
+    from runtime.metadata import Preprocessing
+
+    table = pl.read_parquet(pipeline_run["manifest"])
+    stats = json.loads((pipeline_run["manifest"].parent / "stats.json").read_text())
+    pre = Preprocessing.for_size(32, stats["mean"], stats["std"])
+    dataset = data.ManifestDataset(data.split_rows(table, "train"), stats["config"]["data_root"], stats["classes"], TrainPreset(pre))
+    random.seed(1)
+    torch.manual_seed(1)
+    python_state, torch_state = random.getstate(), torch.get_rng_state()
+    first, _ = dataset[(0, 1234)]
+    assert random.getstate() == python_state and torch.equal(torch.get_rng_state(), torch_state)
+    dataset[(1, 99)]
+    random.random()
+    again, _ = dataset[(0, 1234)]
+    other, _ = dataset[(0, 4321)]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_a_bug_keeps_its_traceback_and_debug_shows_all(pipeline_run, monkeypatch):
+    from pipeline import evaluate as evaluation
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug, not a user error")
+
+    monkeypatch.setattr(evaluation, "fit_report", broken)
+    result = invoke("evaluate", "--checkpoint", pipeline_run["run"] / "best.pt", "--manifest", pipeline_run["manifest"])
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)  # not turned into one line
+    monkeypatch.undo()
+    monkeypatch.setenv("SIMPSONS_DEBUG", "1")
+    result = invoke("evaluate", "--checkpoint", pipeline_run["manifest"], "--manifest", pipeline_run["manifest"])
+    from pipeline.checkpoint import CheckpointError
+
+    assert isinstance(result.exception, CheckpointError)  # the user error, with its traceback

@@ -1,0 +1,57 @@
+"""Writing a file so that a run killed half-way never leaves a truncated one, nor (after the
+next successful write) its temporary.
+
+``write`` fills a temporary file beside the target and a rename makes it visible at once. The
+temporary's name carries the writer's process id, so a later write can tell the leftovers of a
+killed run (their process is gone) from a file another live process is still writing.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the usual mode: umask applies
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    remove_stale_temporaries(path.parent, path.name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, name_pattern: str = "*") -> list[Path]:
+    """Delete ``.NAME.PID.*.tmp`` files in ``folder`` whose writer is no longer running."""
+    removed = []
+    for tmp in folder.glob(f".{glob.escape(name_pattern) if name_pattern != '*' else '*'}.*.tmp"):
+        pid = tmp.name.rsplit(".", 3)[-3]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def check_writable(folder: Path) -> None:
+    """Fail now, with the OSError naming the folder, rather than after hours of work."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-check.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    probe.unlink()
