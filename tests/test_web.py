@@ -148,7 +148,7 @@ def test_page_refuses_a_missing_or_mismatched_sidecar(page: Path, tmp_path: Path
     assert "no sidecar" in report["error"]
 
 
-def test_readme_javascript_example_runs_in_node(browser, pipeline_run):
+def test_readme_javascript_example_runs_in_node(page, pipeline_run):
     """The README's Node example, as written, on the portable model."""
     import re
 
