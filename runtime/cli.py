@@ -9,18 +9,22 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.labels import is_image_name, label_from_path
+from runtime.labels import label_from_path
+from runtime.listing import Listing, display_path, odd_name
 from runtime.logs import to_stderr
 from runtime.progress import progress
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("simpsons.infer")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_BATCH = 512  # a larger batch only grows memory (decoded images in flight), not speed
 
 
 def finite_float(text: str) -> float:
@@ -51,7 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("paths", nargs="+", type=Path, help="image files and folders")
     parser.add_argument("--model", "-m", type=Path, required=True, help="model.onnx (or model.portable.onnx) from `simpsons export`")
     parser.add_argument("--output", "-o", type=Path, help="rows to .csv, .jsonl, .json or .parquet (default: a table on stdout)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help=f"images per model run (at most {MAX_BATCH})")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime and decoding threads (default: all cores)")
@@ -62,11 +66,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--evaluate", action="store_true", help="labels from class folders or <class>_<n> names: print accuracy and F1")
     parser.add_argument("--unknown", dest="unknown_dir", type=Path, default=None, metavar="DIR",
                         help="with --evaluate: images of characters outside the classes; print how well the unknown verdict separates them")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run: append to the -o .csv/.jsonl after the last row it holds")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any file fails")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.top_k < 1:
         parser.error("--batch-size and --top-k must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.unknown_dir is not None and not args.evaluate:
         parser.error("--unknown DIR needs --evaluate (it measures the unknown verdict against labelled files)")
     if args.no_unknown and args.unknown_threshold is not None:
@@ -74,37 +82,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def find_images(paths: Sequence[Path], recursive: bool) -> tuple[list[Path], int]:
-    """Files named on the command line are taken as they are; folders contribute their files
-    with an image extension, sorted. Returns the files and how many others were skipped."""
-    files, skipped = [], 0
-    for path in paths:
-        if path.is_file():
-            files.append(path)
-            continue
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no such file or folder")
-        found = sorted(p for p in (path.rglob("*") if recursive else path.iterdir()) if p.is_file())
-        images = [p for p in found if is_image_name(p)]
-        files.extend(images)
-        skipped += len(found) - len(images)
-    return files, skipped
-
-
-def rows(results) -> Iterator[dict]:
-    """The prediction rows every output format shares (the API's ``Prediction`` fields)."""
-    for r in results:
-        p = r.prediction
-        yield {
-            "path": str(r.source),
-            "status": "ok" if p else r.error,
-            "label": p.label if p else None,
-            "confidence": p.confidence if p else None,
-            "ood_score": p.ood_score if p else None,
-            "unknown": p.unknown if p else None,
-            "top_labels": [lab for lab, _ in p.top_k] if p else [],
-            "top_probs": [prob for _, prob in p.top_k] if p else [],
-        }
+def as_row(r) -> dict:
+    """The prediction row every output format shares (the API's ``Prediction`` fields)."""
+    p = r.prediction
+    return {
+        "path": display_path(r.source) if isinstance(r.source, (str, os.PathLike)) else type(r.source).__name__,
+        "status": "ok" if p else r.error,
+        "label": p.label if p else None,
+        "confidence": p.confidence if p else None,
+        "ood_score": p.ood_score if p else None,
+        "unknown": p.unknown if p else None,
+        "top_labels": [lab for lab, _ in p.top_k] if p else [],
+        "top_probs": [prob for _, prob in p.top_k] if p else [],
+    }
 
 
 @dataclass
@@ -116,8 +106,10 @@ class Tally:
     failures: list[tuple[str, str]] = field(default_factory=list)
     scored: list[tuple[str, str, float | None]] = field(default_factory=list)
     unknown: int = 0
+    total: int = 0
 
     def add(self, row: dict, keep_scores: bool) -> None:
+        self.total += 1
         if row["label"] is None:
             self.failures.append((row["path"], row["status"]))
             return
@@ -176,43 +168,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     to_stderr("simpsons-infer", logging.WARNING)
     from runtime.classifier import Classifier
     from runtime.errors import SimpsonsError
-    from runtime.writers import open_writer
+    from runtime.writers import STREAMED, open_writer
 
     try:
-        files, skipped = find_images(args.paths, args.recursive)
-        unknown_files = find_images([args.unknown_dir], True)[0] if args.unknown_dir else []
-    except FileNotFoundError as e:
-        return fail(str(e))
-    if not files:
-        return fail("no image files found in " + ", ".join(map(str, args.paths)))
+        listing = Listing(args.paths, args.recursive)
+        unknown_files = list(Listing([args.unknown_dir])) if args.unknown_dir else []
+        first = next(iter(listing), None)
+    except OSError as e:
+        return fail(str(e) if isinstance(e, FileNotFoundError) else f"{display_path(e.filename or '')}: {e.strerror or e}")
+    if first is None:
+        return fail("no image files found in " + ", ".join(map(display_path, args.paths)))
     if args.unknown_dir and not unknown_files:
         return fail(f"--unknown {args.unknown_dir}: no image files found")
+    if args.batch_size > MAX_BATCH:
+        log.warning("--batch-size %d capped at %d: larger batches hold more decoded images without running faster",
+                    args.batch_size, MAX_BATCH)
+        args.batch_size = MAX_BATCH
     try:
         clf = Classifier(args.model, device=args.device, threads=args.threads,
                          unknown_threshold=args.unknown_threshold, unknown=not args.no_unknown)
-        writer = open_writer(args.output, args.top_k)
-    except (SimpsonsError, ValueError, OSError) as e:
-        return fail(str(e))
+        writer = open_writer(args.output, args.top_k, resume=args.resume)
+    except (SimpsonsError, OSError) as e:
+        return fail(str(e) if isinstance(e, SimpsonsError) else f"{e.filename or args.output}: cannot write ({e.strerror or e})")
     if not args.quiet:
-        print(f"simpsons-infer: {len(files)} files, model {args.model.name} ({clf.info.arch}, {len(clf.classes)} classes"
-              f"{', portable' if clf.portable else ''}) on {clf.device}", file=sys.stderr)
+        resumed = f", resuming after {writer.last_path}" if writer.last_path else ""
+        print(f"simpsons-infer: model {args.model.name} ({clf.info.arch}, {len(clf.classes)} classes"
+              f"{', portable' if clf.portable else ''}) on {clf.device}{resumed}", file=sys.stderr)
 
-    start, tally = time.perf_counter(), Tally()
-    results = clf.iter_predict(files, top_k=args.top_k, batch_size=args.batch_size)
+    start, tally, odd = time.perf_counter(), Tally(), 0
     bar = None if args.output and not args.quiet else False  # the table on stdout shows progress itself
     try:
-        for row in progress(rows(results), len(files), "classifying", enabled=bar):
+        results = clf.iter_predict(listing.after(writer.last_path), top_k=args.top_k, batch_size=args.batch_size)
+        for result in progress(results, None, "classifying", enabled=bar):
+            row = as_row(result)
             writer.write(row)
             tally.add(row, args.evaluate)
-    finally:
+            if odd_name(result.source):
+                odd += 1
+                if odd == 1:
+                    log.warning("%s: the file name is not valid text; rows show it escaped (\\xNN per odd byte)", row["path"])
+    except KeyboardInterrupt:
+        writer.abort()
+        kept = f"the rows so far are in {args.output}" if args.output and args.output.suffix.lower() in STREAMED else "no rows written"
+        print(f"simpsons-infer: interrupted after {tally.total} files; {kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SimpsonsError as e:
+        writer.abort()
+        return fail(str(e))
+    except OSError as e:
+        writer.abort()
+        return fail(f"{args.output}: cannot write ({e.strerror or e}); the rows already written are whole")
+    try:
         writer.close()
-    elapsed, total, failed = time.perf_counter() - start, len(files), len(tally.failures)
+    except OSError as e:
+        return fail(f"{args.output}: cannot write ({e.strerror or e}); the earlier output is untouched")
+    elapsed, total, failed = time.perf_counter() - start, tally.total, len(tally.failures)
 
     if not args.quiet:
         verdict = f"; {tally.unknown} unknown" if clf.threshold is not None else ""
         print(f"classified {total - failed} of {total} files in {elapsed:.1f}s "
               f"({total / max(elapsed, 1e-9):.1f} img/s on {clf.device}); {failed} failed{verdict}; "
-              f"{skipped} non-image files skipped", file=sys.stderr)
+              f"{listing.skipped} non-image files skipped", file=sys.stderr)
         print("predicted: " + ", ".join(f"{k} {v}" for k, v in tally.counts.most_common()), file=sys.stderr)
         for path, status in tally.failures:
             print(f"  failed: {path}: {status}", file=sys.stderr)

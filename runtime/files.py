@@ -14,11 +14,24 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from runtime.errors import SimpsonsError
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+
+def temporary_path(path: Path) -> Path:
+    """A new, empty file beside ``path``, named for this process (``.NAME.PID.RANDOM.tmp``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the usual mode: umask applies
+    return tmp
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = temporary_path(path)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -55,3 +68,35 @@ def check_writable(folder: Path) -> None:
     probe = folder / f".write-check.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     probe.unlink()
+
+
+class BusyError(SimpsonsError):
+    """Another run is writing the same output."""
+
+
+class Lock:
+    """An exclusive ``flock`` on ``.NAME.lock`` beside an output, held until ``release``. The
+    kernel drops it when the process dies, so a killed run never leaves a stale lock."""
+
+    def __init__(self, path: Path):
+        self.file = None
+        if fcntl is None:  # Windows: no advisory locks here; outputs are still written atomically
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path.with_name(f".{path.name}.lock"), "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise BusyError(f"{path} is being written by another run; wait for it to finish or choose another output") from None
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing drops the lock
+            self.file = None
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
