@@ -18,33 +18,58 @@ THUMB_MAX_DIFFERENCE = 10.0  # mean absolute 0..255 difference of the RGB thumbn
 
 
 def mark_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
-    """Among readable files with the same bytes keep one (a test copy before a training one,
-    then the first path) and mark the others ``duplicate``, naming the kept file."""
-    ranked = df.with_columns(
+    """Among readable files with the same bytes and the same label keep one (a test copy
+    before a training one, then the first path) and mark the others ``duplicate``, naming the
+    kept file. The same bytes under two labels are a contradiction no rule can settle (a class
+    folder linked to another, a mislabelled copy): every such file is marked ``label_conflict``,
+    naming a file of the other label, and none is used."""
+    readable = pl.col("status") == "ok"
+    labels = df.filter(readable).group_by("hash").agg(pl.col("label").drop_nulls().n_unique().alias("_labels"))
+    other = (  # for each file in a conflict: the first path of another label with the same bytes
+        df.filter(readable).select("hash", "path", "label")
+        .join(df.filter(readable).select("hash", pl.col("path").alias("_other"), pl.col("label").alias("_other_label")), on="hash")
+        .filter(pl.col("label") != pl.col("_other_label"))
+        .group_by("path").agg(pl.col("_other").min(), pl.col("_other_label").sort_by("_other").first())
+    )
+    ranked = df.join(labels, on="hash", how="left").join(other, on="path", how="left").with_columns(
+        (readable & (pl.col("_labels") > 1)).alias("_conflict"),
         pl.when(pl.col("source") == "test").then(0).otherwise(1).alias("_rank"),
     ).sort(["_rank", "path"])
     keeper = (
-        ranked.filter(pl.col("status") == "ok")
+        ranked.filter(readable & ~pl.col("_conflict"))
         .group_by("hash", maintain_order=True)
         .agg(pl.col("path").first().alias("_keeper"))
     )
     return (
         ranked.join(keeper, on="hash", how="left")
         .with_columns(
-            pl.when((pl.col("status") == "ok") & (pl.col("path") != pl.col("_keeper")))
+            pl.when(readable & ~pl.col("_conflict") & (pl.col("path") != pl.col("_keeper")))
             .then(pl.col("_keeper"))
             .alias("duplicate_of")
         )
         .with_columns(
-            pl.when(pl.col("duplicate_of").is_not_null()).then(pl.lit("duplicate")).otherwise(pl.col("status")).alias("status"),
-            pl.when(pl.col("duplicate_of").is_not_null())
-            .then(pl.format("same bytes as {}", pl.col("duplicate_of")))
+            pl.when(pl.col("_conflict")).then(pl.lit("label_conflict"))
+            .when(pl.col("duplicate_of").is_not_null()).then(pl.lit("duplicate"))
+            .otherwise(pl.col("status")).alias("status"),
+            pl.when(pl.col("_conflict")).then(pl.format("same bytes as {} (label {})", pl.col("_other"), pl.col("_other_label")))
+            .when(pl.col("duplicate_of").is_not_null()).then(pl.format("same bytes as {}", pl.col("duplicate_of")))
             .otherwise(pl.col("reason"))
             .alias("reason"),
         )
-        .drop("_rank", "_keeper")
+        .drop("_rank", "_keeper", "_labels", "_conflict", "_other", "_other_label")
         .sort("path")
     )
+
+
+def conflicting_labels(df: pl.DataFrame) -> list[tuple[str, str, int]]:
+    """(label, other label, files) for each pair of labels that share identical files."""
+    pairs = (
+        df.filter(pl.col("status") == "label_conflict")
+        .with_columns(pl.col("reason").str.extract(r"\(label (.+)\)$").alias("_other_label"))
+        .with_columns(pl.min_horizontal("label", "_other_label").alias("a"), pl.max_horizontal("label", "_other_label").alias("b"))
+        .group_by("a", "b").len().sort("a", "b")
+    )
+    return [(a, b, n) for a, b, n in pairs.iter_rows()]
 
 
 def candidate_pairs(phash: np.ndarray, max_distance: int, block: int = 1024) -> np.ndarray:

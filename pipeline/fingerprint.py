@@ -1,4 +1,4 @@
-"""Read each file once: content hash, header, decode check, perceptual hash, pixel sums.
+"""Read each file once: content hash, header, decode check, perceptual hash, pixel moments.
 
 This is the data engine's only expensive step, so it runs on a thread pool (xxhash and Pillow's
 decoder release the GIL), decodes JPEGs at reduced scale, and is cached by (path, size, mtime):
@@ -21,8 +21,8 @@ from runtime.labels import is_image_name
 from runtime.parallel import in_order
 from runtime.preprocess import ORIENTATION, to_rgb
 
-FINGERPRINT_VERSION = 2  # bump when any column's algorithm changes: the cache is keyed by it
-STATS_MIN_SIZE = 128  # JPEGs decode at the smallest DCT scale keeping both sides >= this
+FINGERPRINT_VERSION = 3  # bump when any column's algorithm changes: the cache is keyed by it
+STATS_MIN_SIZE = 128  # per-image statistics at this shorter side (JPEGs decode near it in draft mode)  # JPEGs decode at the smallest DCT scale keeping both sides >= this
 THUMB_SIZE = 8  # verification thumbnail, RGB
 KEY = ["path", "size_bytes", "mtime_ns"]
 
@@ -38,9 +38,8 @@ FINGERPRINT_SCHEMA = {
     "height": pl.Int32,
     "phash": pl.UInt64,  # DCT perceptual hash of the 32x32 grey image
     "thumb": pl.Binary,  # THUMB_SIZE x THUMB_SIZE x 3 uint8, to verify perceptual-hash matches
-    "pixel_sum": pl.List(pl.Float64),  # per RGB channel, 0..1 scale
-    "pixel_sumsq": pl.List(pl.Float64),
-    "pixel_count": pl.Int64,
+    "pixel_mean": pl.List(pl.Float64),  # per RGB channel, 0..1 scale, at the common statistics scale
+    "pixel_sq_mean": pl.List(pl.Float64),  # mean of squares, likewise
 }
 
 
@@ -66,11 +65,17 @@ def perceptual_hash(small: Image.Image) -> int:
 _LEVELS = np.arange(256, dtype=np.float64) / 255.0
 
 
-def pixel_sums(img: Image.Image) -> tuple[list[float], list[float], int]:
-    """Per-channel sum and sum of squares (0..1 scale) from 256-bin histograms: exact, and
-    without materialising the pixels as floats."""
+def pixel_moments(img: Image.Image) -> tuple[list[float], list[float]]:
+    """Per-channel mean and mean of squares (0..1 scale) of the picture reduced to a shorter side
+    of at most ``STATS_MIN_SIZE``: every image then counts the same in the normalisation
+    statistics, whatever its size or format (a 120-Mpixel PNG weighs what a thumbnail does).
+    From 256-bin histograms: exact, without materialising the pixels as floats."""
+    scale = STATS_MIN_SIZE / min(img.size)
+    if scale < 1:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX)
     hist = np.asarray(img.histogram(), dtype=np.float64).reshape(3, 256)
-    return (hist @ _LEVELS).tolist(), (hist @ _LEVELS**2).tolist(), img.width * img.height
+    count = img.width * img.height
+    return (hist @ _LEVELS / count).tolist(), (hist @ _LEVELS**2 / count).tolist()
 
 
 def _failure(status: str, reason: str, data: bytes | None = None) -> dict:
@@ -98,7 +103,7 @@ def fingerprint_bytes(data: bytes, name: str) -> dict:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         return _failure("corrupt", f"cannot decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}", data)
     small = img.resize((32, 32), Image.Resampling.BOX)
-    sums, squares, count = pixel_sums(img)
+    mean, sq_mean = pixel_moments(img)
     return {
         "status": "ok",
         "reason": None,
@@ -108,9 +113,8 @@ def fingerprint_bytes(data: bytes, name: str) -> dict:
         "height": height,
         "phash": perceptual_hash(small),
         "thumb": small.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BOX).tobytes(),
-        "pixel_sum": sums,
-        "pixel_sumsq": squares,
-        "pixel_count": count,
+        "pixel_mean": mean,
+        "pixel_sq_mean": sq_mean,
     }
 
 

@@ -3,7 +3,10 @@ fingerprint cache that lets a rerun skip work already done."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 from pathlib import Path
 
 import polars as pl
@@ -18,7 +21,16 @@ def write_json(path: Path, data: object) -> None:
 
 
 def write_parquet(path: Path, df: pl.DataFrame) -> None:
-    atomic_write(path, lambda tmp: df.write_parquet(tmp, statistics=False))
+    """Polars reports a failed write (a full disk) as its own error; it is an OSError here, so
+    the commands report it in one line like any other write failure."""
+    def write(tmp: Path) -> None:
+        try:
+            df.write_parquet(tmp, statistics=False)
+        except pl.exceptions.PolarsError as e:
+            code = re.search(r"os error (\d+)", str(e))
+            raise OSError(int(code.group(1)) if code else errno.EIO, os.strerror(int(code.group(1))) if code else str(e), str(path)) from None
+
+    atomic_write(path, write)
 
 
 class ShardCache:

@@ -23,7 +23,7 @@ from pipeline.fingerprint import FINGERPRINT_SCHEMA, FINGERPRINT_VERSION, KEY, f
 from pipeline.io import ShardCache, write_json, write_parquet
 from pipeline.scan import scan
 from runtime.errors import SimpsonsError
-from runtime.files import check_writable
+from runtime.files import Lock, check_writable
 from runtime.progress import progress
 
 log = logging.getLogger("simpsons.manifest")
@@ -32,7 +32,7 @@ STATS = "stats.json"
 CACHE_CHUNK = 256  # files fingerprinted between two cache saves
 COLUMNS = [
     "path", "label", "split", "status", "reason", "source", "hash", "size_bytes", "width", "height",
-    "format", "phash", "group", "group_size", "duplicate_of", "leak", "pixel_sum", "pixel_sumsq", "pixel_count",
+    "format", "phash", "group", "group_size", "duplicate_of", "leak", "pixel_mean", "pixel_sq_mean",
 ]
 
 
@@ -53,6 +53,11 @@ def class_list(df: pl.DataFrame) -> list[str]:
 def build(files: pl.DataFrame, fingerprints: pl.DataFrame, config: ManifestConfig) -> tuple[pl.DataFrame, list[str]]:
     """Scanned files + their fingerprints -> the manifest table and the class list."""
     df = files.join(fingerprints.drop("size_bytes", "mtime_ns"), on="path", how="left")
+    df = df.with_columns(
+        pl.when(pl.col("bad_name")).then(pl.lit("bad_name")).otherwise(pl.col("status")).alias("status"),
+        pl.when(pl.col("bad_name")).then(pl.lit("the file or folder name is not valid UTF-8 (shown with \\xNN escapes); rename it"))
+        .otherwise(pl.col("reason")).alias("reason"),
+    )
     classes = class_list(df)
     df = dedupe.mark_exact_duplicates(df)
     df = dedupe.group_near_duplicates(df, config.phash_max_distance, config.thumb_max_difference)
@@ -77,10 +82,16 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
     status and one warning line each; nothing here stops on a bad file."""
     files, empty = scan(data_root)
     check_writable(out_dir)
+    with Lock(out_dir / MANIFEST):  # a second run into the same folder is refused, not interleaved
+        return _run(data_root, out_dir, config, files, empty, workers, plots)
+
+
+def _run(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataFrame, empty: list[str],
+         workers: int | None, plots: bool) -> dict:
     cache = ShardCache(cache_folder(data_root), KEY, FINGERPRINT_SCHEMA)
     cached = cache.load()
     fingerprints = fingerprint(
-        files, data_root, cached, cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
+        files.filter(~pl.col("bad_name")), data_root, cached, cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
         progress=lambda it, total: progress(it, total, "fingerprinting"),
     )
     if len(fingerprints) != len(cached) or len(cache.shards()) > 1:
@@ -91,7 +102,12 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
     df, classes = build(files, fingerprints, config)
     summary = stats.summarise(df, classes, empty, {"data_root": str(data_root.resolve()), **asdict(config)})
     for problem in summary["problems"]:
-        log.warning("%s: %s [%s]", problem["path"], problem["reason"], problem["status"])
+        if problem["status"] != "label_conflict":  # one line per pair of classes below, not per file
+            log.warning("%s: %s [%s]", problem["path"], problem["reason"], problem["status"])
+    for a, b, n in summary["label_conflicts"]:
+        log.warning("%s and %s hold %d identical file(s) (a linked or copied folder?): all marked label_conflict and unused", a, b, n)
+    for label in summary["empty_classes"]:
+        log.warning("class %s has no training image left (see its files' status in the manifest)", label)
     previous = _read_json(out_dir / STATS)
     write_parquet(out_dir / MANIFEST, df)
     write_json(out_dir / STATS, summary)

@@ -13,6 +13,7 @@ import polars as pl
 
 from runtime.errors import SimpsonsError
 from runtime.labels import label_from_test_name
+from runtime.listing import display_path, odd_name
 
 TRAIN_DIR = "simpsons_dataset"
 TEST_DIR = "kaggle_simpson_testset"
@@ -24,6 +25,7 @@ SCAN_SCHEMA = {
     "label": pl.String,
     "size_bytes": pl.Int64,
     "mtime_ns": pl.Int64,
+    "bad_name": pl.Boolean,  # the path is not valid text: kept (escaped) with a status, never read
 }
 
 
@@ -50,12 +52,14 @@ def _files(folder: Path) -> list[Path]:
 
 def _row(path: Path, data_root: Path, source: str, label: str | None) -> dict:
     stat = path.stat()
+    relative = path.relative_to(data_root).as_posix()
     return {
-        "path": path.relative_to(data_root).as_posix(),
+        "path": display_path(relative),
         "source": source,
-        "label": label,
+        "label": None if label is None else display_path(label),
         "size_bytes": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
+        "bad_name": odd_name(relative),
     }
 
 

@@ -6,23 +6,23 @@ import math
 
 import polars as pl
 
+from pipeline.dedupe import conflicting_labels
+
 SPLITS = ("train", "val", "test")
 
 
 def channel_stats(df: pl.DataFrame) -> tuple[list[float], list[float]]:
-    """Per-channel RGB mean and std (0..1) over every pixel of the train split, from the
-    per-image sums: no pixels are held in memory."""
+    """Per-channel RGB mean and std (0..1) over the train split, each image weighing the same
+    (from its per-image moments: no pixels are held in memory)."""
     train = df.filter(pl.col("split") == "train")
-    n = int(train["pixel_count"].sum())
-    if n == 0:
+    if not len(train):
         return [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
-    totals = train.select(
-        *(pl.col(column).list.get(c).sum().alias(f"{column}{c}") for column in ("pixel_sum", "pixel_sumsq") for c in range(3))
+    moments = train.select(
+        *(pl.col(column).list.get(c).mean().alias(f"{column}{c}") for column in ("pixel_mean", "pixel_sq_mean") for c in range(3))
     ).row(0)
-    sums, squares = totals[:3], totals[3:]
-    mean = [s / n for s in sums]
-    std = [math.sqrt(max(q / n - m * m, 0.0)) for q, m in zip(squares, mean)]
-    return mean, std
+    mean, squares = moments[:3], moments[3:]
+    std = [math.sqrt(max(q - m * m, 0.0)) for q, m in zip(squares, mean)]
+    return list(mean), std
 
 
 def counts(df: pl.DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:
@@ -50,18 +50,21 @@ def summarise(df: pl.DataFrame, classes: list[str], empty_folders: list[str], co
     """Everything ``stats.json`` holds: the class list (index = class id) and how the data
     engine judged every file."""
     mean, std = channel_stats(df)
+    per_split = counts(df, classes)
     copies = df.filter(pl.col("duplicate_of").is_not_null()).group_by("duplicate_of").agg(pl.col("path").sort())
     problems = df.filter(~pl.col("status").is_in(["ok", "duplicate", "leak"])).select("path", "status", "reason")
     return {
         "classes": classes,
         "mean": mean,
         "std": std,
-        "counts": counts(df, classes),
+        "counts": per_split,
         "totals": {s: int((df["split"] == s).sum()) for s in (*SPLITS, "excluded")},
         "status": dict(sorted(df.group_by("status").len().iter_rows())),
         "exact_duplicate_groups": [[kept, *paths] for kept, paths in copies.sort("duplicate_of").iter_rows()],
         "near_duplicate_groups": groups_of(df.filter(pl.col("group_size") > 1), "group"),
         "leaks": df.filter(pl.col("leak"))["path"].to_list(),
+        "label_conflicts": [list(pair) for pair in conflicting_labels(df)],
+        "empty_classes": [c for c in classes if per_split["train"][c] == 0],
         "problems": problems.to_dicts() + [{"path": p, "status": "empty_folder", "reason": "class folder holds no file"} for p in empty_folders],
         "config": config,
     }

@@ -28,6 +28,7 @@ from pipeline.config import TrainConfig
 from pipeline.io import write_json
 from pipeline.model import build_model
 from runtime.errors import SimpsonsError
+from runtime.files import Lock
 from runtime.metadata import Preprocessing
 from runtime.metrics import classification_report
 from runtime.openset import ACCEPT_KNOWN
@@ -278,8 +279,18 @@ def resume_state(out: Path, manifest_path: Path) -> dict:
 
 def train(config: TrainConfig, resume: bool = False) -> dict:
     """Train, keeping ``best.pt`` (best val macro-F1) and ``last.pt``, then calibrate
-    ``best.pt``; returns the best metrics."""
+    ``best.pt``; returns the best metrics. Rank 0 holds the run folder's lock throughout: a
+    second run into the same folder is refused, not interleaved."""
     rank, world, local_rank = distributed()
+    lock = Lock(Path(config.out) / "last.pt") if rank == 0 else None
+    try:
+        return _train(config, resume, rank, world, local_rank)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _train(config: TrainConfig, resume: bool, rank: int, world: int, local_rank: int) -> dict:
     device = pick_device(config.device, local_rank)
     manifest_path, out = Path(config.manifest), Path(config.out)
     state = resume_state(out, manifest_path) if resume else None

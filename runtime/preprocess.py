@@ -79,9 +79,19 @@ def load_image(source: ImageSource, min_size: int | None = None) -> Image.Image:
 
 
 def decode(source: ImageSource) -> np.ndarray:
-    """The decoded picture as RGB uint8 HxWx3, untouched otherwise: the input of the portable
-    model, which resizes and normalises inside its graph (as a browser would feed it)."""
-    return np.asarray(load_image(source))
+    """The decoded picture as RGB uint8 HxWx3: the input of the portable model, which resizes
+    and normalises inside its graph (as a browser would feed it). Untouched, except that a
+    picture more elongated than ``MAX_ASPECT`` keeps only its centre ``MAX_ASPECT``:1 part, all
+    the centre crop can use, so the graph's resize never grows a 65000x1 strip to gigapixels."""
+    array = np.asarray(load_image(source))
+    h, w = array.shape[:2]
+    if w > MAX_ASPECT * h:
+        keep = MAX_ASPECT * h
+        array = array[:, (w - keep) // 2 : (w - keep) // 2 + keep]
+    elif h > MAX_ASPECT * w:
+        keep = MAX_ASPECT * w
+        array = array[(h - keep) // 2 : (h - keep) // 2 + keep]
+    return array
 
 
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:

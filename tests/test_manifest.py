@@ -95,14 +95,25 @@ def test_same_inputs_give_a_byte_identical_manifest(dataset: Path, tmp_path: Pat
     assert not other_seed.equals(pl.read_parquet(tmp_path / "a" / "manifest.parquet"))
 
 
-def test_mean_std_match_numpy_over_the_train_split(dataset: Path, tmp_path: Path):
+def test_mean_std_weigh_every_train_image_the_same(dataset: Path, tmp_path: Path):
     df, stats = build(dataset, tmp_path / "out")
-    pixels = np.concatenate([
-        np.asarray(Image.open(dataset / p).convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255
-        for p in df.filter(pl.col("split") == "train")["path"]
-    ])
-    np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0), atol=1e-9)
-    np.testing.assert_allclose(stats["std"], pixels.std(axis=0), atol=1e-9)
+    images = [np.asarray(Image.open(dataset / p).convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255
+              for p in df.filter(pl.col("split") == "train")["path"]]  # 96x72: below the statistics scale
+    mean = np.mean([img.mean(axis=0) for img in images], axis=0)
+    squares = np.mean([(img**2).mean(axis=0) for img in images], axis=0)
+    np.testing.assert_allclose(stats["mean"], mean, atol=1e-9)
+    np.testing.assert_allclose(stats["std"], np.sqrt(squares - mean**2), atol=1e-9)
+
+
+def test_one_huge_image_does_not_dominate_the_statistics(dataset: Path, tmp_path: Path):
+    _, before = build(dataset, tmp_path / "a")
+    huge = dataset / "simpsons_dataset" / "agnes_skinner" / "huge.png"
+    Image.new("RGB", (3000, 2000), (255, 255, 255)).save(huge)  # 6 Mpixels against 96x72 frames
+    df, after = build(dataset, tmp_path / "b")
+    n = int((df["split"] == "train").sum())
+    assert df.filter(pl.col("path").str.ends_with("huge.png"))["split"].item() == "train"  # (the seeded split puts it there)
+    for b, a in zip(before["mean"], after["mean"]):
+        assert 0 < a - b <= (1 - b) / n + 1e-6  # one image's share, not 99% of the pixels
 
 
 def test_bad_inputs_get_a_status_and_the_rest_is_processed(dataset: Path, tmp_path: Path, rng: random.Random):
