@@ -24,7 +24,7 @@ from runtime.progress import progress
 
 log = logging.getLogger("simpsons.infer")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-MAX_BATCH = 512  # a larger batch only grows memory (decoded images in flight), not speed
+MAX_BATCH = 128  # a larger batch only grows memory (decoded images in flight, activations), not speed
 
 
 def finite_float(text: str) -> float:

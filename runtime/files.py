@@ -8,6 +8,7 @@ killed run (their process is gone) from a file another live process is still wri
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import secrets
@@ -64,6 +65,11 @@ def remove_stale_temporaries(folder: Path, name_pattern: str = "*") -> list[Path
 
 def check_writable(folder: Path) -> None:
     """Fail now, with the OSError naming the folder, rather than after hours of work."""
+    for parent in (folder, *folder.parents):  # a file where a folder should be: say so plainly
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(parent))
+            break
     folder.mkdir(parents=True, exist_ok=True)
     probe = folder / f".write-check.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))

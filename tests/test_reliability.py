@@ -175,7 +175,7 @@ def test_write_failures_are_one_line_and_keep_whole_rows(folder: Path, model: Pa
 
 def test_a_huge_batch_size_is_capped(folder: Path, model: Path, capsys):
     assert infer([str(folder), "--model", str(model), "--batch-size", "100000", "-q"]) == 0
-    assert "--batch-size 100000 capped at 512" in capsys.readouterr().err
+    assert "--batch-size 100000 capped at 128" in capsys.readouterr().err
 
 
 def test_identical_files_under_two_labels_are_a_conflict(tmp_path: Path):
