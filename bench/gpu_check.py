@@ -66,7 +66,8 @@ def interrupt_after_first_epoch(command: list) -> tuple[bool, str]:
     """Start a 2-epoch run, send Ctrl-C once last.pt exists (epoch 1 saved): a real interruption."""
     import signal
 
-    process = subprocess.Popen([str(c) for c in command], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([str(c) for c in command], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = Path(command[command.index("--out") + 1]) / "last.pt"
     deadline = time.monotonic() + 900
     while not last.is_file() and process.poll() is None and time.monotonic() < deadline:

@@ -93,15 +93,18 @@ def synth(out: Path, classes: int, per_class: int, test_per_class: int, unknown:
 @click.option("--val-fraction", type=click.FloatRange(0.0, 0.9), default=0.15, help="share of each class held out for validation")
 @click.option("--seed", type=int, default=0, help="seeds the split")
 @click.option("--keep-leaks", is_flag=True, help="keep training copies of test images (reproduces published, leaky numbers)")
-@click.option("--workers", type=click.IntRange(1), default=None, help="reader threads (default: one per core)")
+@click.option("--workers", type=click.IntRange(1), default=None, help="readers (default: one per core; threads, or processes on large sets)")
 @click.option("--no-plots", is_flag=True, help="skip the class-distribution charts")
-def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, keep_leaks: bool, workers: int | None, no_plots: bool) -> None:
+@click.option("--ray", metavar="ADDRESS", default=None,
+              help="fingerprint on a Ray cluster: local, auto or ray://HOST:10001 ([distributed] extra; DATA_ROOT at the same path on every node)")
+def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, keep_leaks: bool, workers: int | None, no_plots: bool,
+             ray: str | None) -> None:
     """Scan DATA_ROOT (Kaggle layout) into OUT/manifest.parquet and OUT/stats.json."""
     from pipeline import manifest as engine
 
     config = engine.ManifestConfig(val_fraction=val_fraction, seed=seed, keep_leaks=keep_leaks)
     try:
-        summary = engine.run(data_root, out_dir, config, workers=workers, plots=not no_plots)
+        summary = engine.run(data_root, out_dir, config, workers=workers, plots=not no_plots, ray=ray)
     except OSError as e:  # the output folder, not the data: bad data files become rows
         raise UserError(f"{e.filename or out_dir}: cannot write ({e.strerror or e})") from None
     totals = summary["totals"]
@@ -122,15 +125,26 @@ def _train_config(options: dict) -> C:
 @click.option("--manifest", type=click.Path(path_type=Path), default=Path("out/data/manifest.parquet"))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/run"), help="run folder: checkpoints, TensorBoard logs, config.json")
 @click.option("--arch", default=C.arch, help="any torchvision classifier: resnet18/34/50/101, efficientnet_b0, convnext_tiny, ...")
-@click.option("--weights", default=C.weights, help="imagenet (downloaded), none, or a local state-dict file")
-@click.option("--image-size", type=click.IntRange(16), default=C.image_size)
+@click.option("--weights", default=C.weights, help="imagenet (downloaded), none (from scratch), or a local state-dict file; picks the recipe")
+@click.option("--image-size", type=click.IntRange(16), default=C.image_size, help="training crop size")
 @click.option("--crop-fraction", type=click.FloatRange(0.5, 1.0), default=C.crop_fraction, help="eval: resize to size/fraction, centre-crop size")
 @click.option("--epochs", type=click.IntRange(1), default=C.epochs)
-@click.option("--batch-size", type=click.IntRange(1), default=C.batch_size, help="per process")
-@click.option("--lr", type=float, default=C.lr)
-@click.option("--weight-decay", type=float, default=C.weight_decay)
-@click.option("--warmup-epochs", type=click.FloatRange(0), default=C.warmup_epochs)
-@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=C.label_smoothing)
+@click.option("--batch-size", type=click.IntRange(1), default=C.batch_size, help="per process [auto: 32 from scratch, 64 fine-tuning]")
+@click.option("--lr", type=float, default=C.lr, help="peak learning rate of the head [auto: 2e-3 from scratch, 1e-3 fine-tuning]")
+@click.option("--weight-decay", type=click.FloatRange(0), default=C.weight_decay, help="AdamW weight decay [auto: 0.05]")
+@click.option("--warmup-epochs", type=click.FloatRange(0), default=C.warmup_epochs, help="linear warm-up before the cosine decay [auto: 1]")
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=C.label_smoothing, help="[auto: 0.1]")
+@click.option("--backbone-lr", type=float, default=C.backbone_lr, help="backbone rate as a share of the head's [auto: 1 from scratch, 0.1 fine-tuning]")
+@click.option("--augment", type=click.Choice(["none", "trivial", "randaugment"]), default=C.augment,
+              help="automatic augmentation policy: TrivialAugmentWide or RandAugment [auto: none from scratch, trivial fine-tuning]")
+@click.option("--mixup", type=float, default=C.mixup, help="MixUp alpha, 0 off [auto: 0]")
+@click.option("--cutmix", type=float, default=C.cutmix, help="CutMix alpha, 0 off [auto: 0]")
+@click.option("--mix-epochs", type=int, default=C.mix_epochs, help="mix only in the first N epochs, then train on clean images [default: all]")
+@click.option("--random-erase", type=float, default=C.random_erase, help="probability of erasing a random rectangle [auto: 0]")
+@click.option("--ema", type=float, default=C.ema, help="decay of an exponential moving average of the weights, evaluated each epoch; 0 off [auto: 0]")
+@click.option("--progressive", type=float, default=C.progressive, help="first epoch's image size as a share of --image-size, growing to full; 1 off [auto: 1]")
+@click.option("--eval-scale", type=float, default=C.eval_scale, help="evaluate and export at --image-size x this (train/test resolution); 1 off [auto: 1]")
+@click.option("--average", type=int, default=C.average, help="average the weights of the best N epochs into best.pt if better; 1 off [auto: 1]")
 @click.option("--balance", type=click.Choice(["sampler", "loss", "none"]), default=C.balance, help="class imbalance: weighted sampling, loss weights, or nothing")
 @click.option("--freeze-epochs", type=click.IntRange(0), default=C.freeze_epochs, help="train only the head for this many epochs first")
 @click.option("--downscale", type=click.FloatRange(1.0), default=C.downscale, help="random down-scaling up to this factor (test images are ~3x smaller)")

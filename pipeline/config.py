@@ -1,24 +1,42 @@
-"""The training configuration: the one place its defaults live.
+"""The training configuration: the one place its defaults live, and the recipes.
 
-``simpsons train``'s options take their defaults from here, the Makefile passes only what it
-changes, and ``config.json`` (written beside every run) holds these fields plus a few facts
-about the run (``RUN_FACTS``); loading it refuses anything else, so a typo or a file from a
-different version fails loudly instead of being ignored. torch-free, so the CLI imports it fast.
+``simpsons train``'s options take their defaults from ``TrainConfig``; an option left at
+``None`` ("auto") is filled by ``resolve`` from the recipe for the start point (training from
+random weights needs other settings than fine-tuning ImageNet weights), and the resolved values
+are what ``config.json`` records. The Makefile passes only what it changes. ``config.json``
+holds these fields plus a few facts about the run (``RUN_FACTS``); loading it refuses anything
+else, so a typo or a file from another version fails loudly. torch-free: the CLI imports it fast.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from runtime.errors import SimpsonsError
 
 RUN_FACTS = {"manifest_hash", "config_hash", "classes", "world_size"}  # written by train(), not options
+AUGMENTS = ("none", "trivial", "randaugment")
+
+# The recipe for each start point: what "auto" means. Chosen by measurement (BENCHMARKS.md,
+# "Training recipe"); every value can still be set on the command line.
+RECIPES = {
+    "scratch": {  # --weights none: everything is learnt from these images
+        "lr": 2e-3, "batch_size": 32, "weight_decay": 0.05, "warmup_epochs": 1.0, "label_smoothing": 0.1,
+        "backbone_lr": 1.0, "augment": "none", "mixup": 0.0, "cutmix": 0.0, "random_erase": 0.0,
+        "ema": 0.0, "progressive": 1.0, "eval_scale": 1.0, "average": 1,
+    },
+    "pretrained": {  # ImageNet or local weights: keep what the backbone knows, teach the head
+        "lr": 1e-3, "batch_size": 64, "weight_decay": 0.05, "warmup_epochs": 1.0, "label_smoothing": 0.1,
+        "backbone_lr": 0.1, "augment": "trivial", "mixup": 0.0, "cutmix": 0.0, "random_erase": 0.0,
+        "ema": 0.0, "progressive": 1.0, "eval_scale": 1.0, "average": 1,
+    },
+}
 
 
 class ConfigError(SimpsonsError):
-    """A saved configuration cannot be used."""
+    """A configuration cannot be used."""
 
 
 @dataclass
@@ -30,11 +48,21 @@ class TrainConfig:
     image_size: int = 224
     crop_fraction: float = 0.875
     epochs: int = 12
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    label_smoothing: float | None = None
+    backbone_lr: float | None = None  # the backbone's learning rate as a share of the head's
+    augment: str | None = None  # none | trivial (TrivialAugmentWide) | randaugment
+    mixup: float | None = None  # MixUp alpha; 0: off
+    cutmix: float | None = None  # CutMix alpha; 0: off
+    mix_epochs: int | None = None  # mix images only in the first N epochs (None: all)
+    random_erase: float | None = None  # probability of erasing a random rectangle
+    ema: float | None = None  # decay of an exponential moving average of the weights; 0: off
+    progressive: float | None = None  # image size in the first epoch, as a share of image_size; 1: off
+    eval_scale: float | None = None  # evaluate (and export) at image_size x this; 1: the training size
+    average: int | None = None  # average the weights of the best N epochs into best.pt; 1: off
     balance: str = "sampler"  # sampler | loss | none
     freeze_epochs: int = 0  # head only for this many epochs (staged fine-tuning)
     downscale: float = 4.0  # random down-scaling up to this factor
@@ -63,3 +91,44 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def start(self) -> str:
+        return "scratch" if self.weights == "none" else "pretrained"
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill every "auto" (None) option from the recipe for the start point, then check that
+    the options make sense together; a ``ConfigError`` names the first that does not."""
+    recipe = RECIPES[config.start]
+    config = replace(config, **{k: v for k, v in recipe.items() if getattr(config, k) is None})
+    check(config)
+    return config
+
+
+def check(c: TrainConfig) -> None:
+    problems = [
+        (c.lr <= 0, f"--lr must be positive, got {c.lr}"),
+        (c.batch_size < 1, f"--batch-size must be at least 1, got {c.batch_size}"),
+        (not 0 < c.backbone_lr <= 1, f"--backbone-lr is a share of the head's rate, in (0, 1], got {c.backbone_lr}"),
+        (c.augment not in AUGMENTS, f"--augment must be one of {', '.join(AUGMENTS)}, got {c.augment!r}"),
+        (c.mixup < 0 or c.cutmix < 0, f"--mixup and --cutmix are alphas >= 0 (0: off), got {c.mixup} and {c.cutmix}"),
+        (c.mix_epochs is not None and not 1 <= c.mix_epochs <= c.epochs,
+         f"--mix-epochs {c.mix_epochs} must be between 1 and --epochs ({c.epochs})"),
+        (c.mix_epochs is not None and c.mixup == 0 and c.cutmix == 0, "--mix-epochs needs --mixup or --cutmix"),
+        (not 0 <= c.random_erase < 1, f"--random-erase is a probability in [0, 1), got {c.random_erase}"),
+        (not 0 <= c.ema < 1, f"--ema is a decay in (0, 1), or 0 for off; got {c.ema}"),
+        (not 0 < c.progressive <= 1, f"--progressive is a share of --image-size in (0, 1], got {c.progressive}"),
+        (not 1 <= c.eval_scale <= 2, f"--eval-scale must be between 1 and 2, got {c.eval_scale}"),
+        (not 1 <= c.average <= c.epochs, f"--average {c.average} must be between 1 and --epochs ({c.epochs})"),
+        (c.freeze_epochs > c.epochs, f"--freeze-epochs {c.freeze_epochs} is more than --epochs ({c.epochs})"),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise ConfigError(message)
+
+
+def eval_size(config: TrainConfig) -> int:
+    """The evaluation (and export) image size: larger than the training crops by
+    ``eval_scale`` (random crops show objects larger than a centre crop does), a multiple of 8."""
+    return max(8, int(round(config.image_size * config.eval_scale / 8)) * 8) if config.eval_scale != 1 else config.image_size

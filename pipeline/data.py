@@ -28,8 +28,8 @@ class ManifestDataset(Dataset):
         """``key`` is an index, or (index, seed) from ``EpochSampler``: each sample's
         augmentation draws from its own generators, seeded by the sampler, so it is independent
         of worker count and of persistent workers' history, and no global RNG is touched."""
-        i, seed = key if isinstance(key, tuple) else (key, 0)
-        return self.transform(self.paths[i], seed), self.targets[i]
+        i, seed, size = key if isinstance(key, tuple) else (key, 0, None)
+        return self.transform(self.paths[i], seed, size), self.targets[i]
 
 
 class UnlabelledDataset(Dataset):
@@ -42,7 +42,7 @@ class UnlabelledDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.paths[i], 0), -1
+        return self.transform(self.paths[i]), -1
 
 
 def split_rows(manifest: pl.DataFrame, split: str) -> pl.DataFrame:
@@ -56,9 +56,10 @@ def class_weights(targets: list[int], num_classes: int) -> torch.Tensor:
     return weights * (counts > 0).sum() / weights.sum()
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
-    """(index, sample seed) pairs: shuffled or class-balanced, seeded by (seed, epoch), sharded
-    across ranks.
+class EpochSampler(Sampler[tuple[int, int, int | None]]):
+    """(index, sample seed, image size) triples: shuffled or class-balanced, seeded by (seed,
+    epoch), sharded across ranks; the size is the epoch's (progressive resizing), set with the
+    epoch, so worker processes that live across epochs get it with every sample.
 
     Seeding by epoch makes an epoch's order and augmentations a pure function of its number,
     which is what lets ``--resume`` continue exactly; sharding replaces DistributedSampler, so
@@ -66,14 +67,14 @@ class EpochSampler(Sampler[tuple[int, int]]):
     """
 
     def __init__(self, targets: list[int], num_classes: int, balanced: bool, seed: int, rank: int = 0, world: int = 1):
-        self.n, self.seed, self.rank, self.world, self.epoch = len(targets), seed, rank, world, 0
+        self.n, self.seed, self.rank, self.world, self.epoch, self.size = len(targets), seed, rank, world, 0, None
         self.weights = class_weights(targets, num_classes)[torch.tensor(targets)] if balanced else None
         self.per_rank = math.ceil(self.n / world)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, size: int | None = None) -> None:
+        self.epoch, self.size = epoch, size
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int | None]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         total = self.per_rank * self.world
         if self.weights is not None:
@@ -82,7 +83,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(self.n, generator=g).repeat(math.ceil(total / max(self.n, 1)))[:total]
         seeds = torch.randint(0, 2**62, (total,), generator=g)
         mine = slice(self.rank, None, self.world)
-        return iter(zip(order[mine].tolist(), seeds[mine].tolist()))
+        return iter((i, s, self.size) for i, s in zip(order[mine].tolist(), seeds[mine].tolist()))
 
     def __len__(self) -> int:
         return self.per_rank

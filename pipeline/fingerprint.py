@@ -7,9 +7,13 @@ a rerun over unchanged files reads nothing but the cache.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
+import itertools
+import multiprocessing
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,8 @@ from runtime.preprocess import ORIENTATION, to_rgb
 FINGERPRINT_VERSION = 3  # bump when any column's algorithm changes: the cache is keyed by it
 STATS_MIN_SIZE = 128  # per-image statistics at this shorter side (JPEGs decode near it in draft mode)  # JPEGs decode at the smallest DCT scale keeping both sides >= this
 THUMB_SIZE = 8  # verification thumbnail, RGB
+TASK_FILES = 16  # files per parallel task: amortises the hand-over to a thread or process
+PROCESS_MIN_FILES = 4000  # from this many files to fingerprint, worker processes beat threads (see executor)
 KEY = ["path", "size_bytes", "mtime_ns"]
 
 FINGERPRINT_SCHEMA = {
@@ -127,6 +133,22 @@ def fingerprint_file(root: Path, key: dict) -> dict:
     return {**key, **fingerprint_bytes(data, key["path"])}
 
 
+def fingerprint_files(root: Path, keys: list[dict]) -> list[dict]:
+    """One task's worth of files (a thread's or a worker process's)."""
+    return [fingerprint_file(root, key) for key in keys]
+
+
+def executor(files: int, workers: int) -> Executor:
+    """Threads for small sets, processes for large ones. Decoding releases the GIL only in
+    part (header parsing, the small numpy steps hold it), so processes win once their start-up
+    (about half a second: each imports Pillow, numpy, polars) is paid back: from
+    ``PROCESS_MIN_FILES`` on (bench/bench_fingerprint.py). Processes start with "forkserver",
+    not fork: this process already runs library threads that a fork would copy mid-lock."""
+    if workers > 1 and files >= PROCESS_MIN_FILES:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    return ThreadPoolExecutor(workers)
+
+
 def fingerprint(
     files: pl.DataFrame,
     root: Path,
@@ -135,12 +157,15 @@ def fingerprint(
     workers: int,
     chunk_size: int = 256,
     progress: Callable[[Iterator, int], Iterator] = lambda it, total: it,
+    ray: str | None = None,
 ) -> pl.DataFrame:
     """Fingerprints for ``files`` (columns KEY): the cached rows whose key still matches, the
-    rest computed in parallel and handed to ``save_chunk`` every ``chunk_size`` files, so a run
-    killed half-way keeps its work."""
+    rest computed in parallel (``TASK_FILES`` files per task, a bounded window of tasks in
+    flight; with ``ray``, on that Ray cluster's workers) and handed to ``save_chunk`` every
+    ``chunk_size`` files, so a run killed half-way keeps its work."""
     hits = files.select(KEY).join(cached, on=KEY, how="inner") if len(cached) else cached.clear()
     todo = files.select(KEY).join(hits.select(KEY), on=KEY, how="anti").sort("path").to_dicts()
+    tasks = [todo[i : i + TASK_FILES] for i in range(0, len(todo), TASK_FILES)]
     fresh, chunk = [], []
 
     def save() -> None:
@@ -148,10 +173,18 @@ def fingerprint(
         save_chunk(fresh[-1])
         chunk.clear()
 
-    with ThreadPoolExecutor(workers) as pool:
-        computed = in_order(pool, lambda key: fingerprint_file(root, key), todo, 4 * workers)
-        for _, future in progress(computed, len(todo)):
-            chunk.append(future.result())
+    with contextlib.ExitStack() as stack:
+        if ray:
+            from runtime.distributed import ordered_map
+
+            schema = pl.DataFrame(schema=FINGERPRINT_SCHEMA).to_arrow().schema
+            rows = ordered_map(ray, todo, lambda: functools.partial(fingerprint_files, root), workers, schema)
+        else:
+            pool = stack.enter_context(executor(len(todo), workers))
+            computed = in_order(pool, functools.partial(fingerprint_files, root), tasks, 4 * workers)
+            rows = itertools.chain.from_iterable(future.result() for _, future in computed)
+        for row in progress(rows, len(todo)):
+            chunk.append(row)
             if len(chunk) == chunk_size:
                 save()
         if chunk:

@@ -77,22 +77,23 @@ def cache_folder(data_root: Path) -> Path:
     return Path(base) / f"{data_root.resolve().name}-{xxhash.xxh3_64_hexdigest(root.encode())}" / f"fingerprints-v{FINGERPRINT_VERSION}"
 
 
-def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | None = None, plots: bool = True) -> dict:
+def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | None = None, plots: bool = True,
+        ray: str | None = None) -> dict:
     """Build and write the manifest; returns the statistics. Bad files become rows with a
     status and one warning line each; nothing here stops on a bad file."""
     files, empty = scan(data_root)
     check_writable(out_dir)
     with Lock(out_dir / MANIFEST):  # a second run into the same folder is refused, not interleaved
-        return _run(data_root, out_dir, config, files, empty, workers, plots)
+        return _run(data_root, out_dir, config, files, empty, workers, plots, ray)
 
 
 def _run(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataFrame, empty: list[str],
-         workers: int | None, plots: bool) -> dict:
+         workers: int | None, plots: bool, ray: str | None) -> dict:
     cache = ShardCache(cache_folder(data_root), KEY, FINGERPRINT_SCHEMA)
     cached = cache.load()
     fingerprints = fingerprint(
         files.filter(~pl.col("bad_name")), data_root, cached, cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
-        progress=lambda it, total: progress(it, total, "fingerprinting"),
+        progress=lambda it, total: progress(it, total, "fingerprinting"), ray=ray,
     )
     if len(fingerprints) != len(cached) or len(cache.shards()) > 1:
         cache.compact(fingerprints)

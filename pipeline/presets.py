@@ -31,31 +31,41 @@ class RandomDownscale:
         return img.resize(size, Image.Resampling.BILINEAR)
 
 
+AUTO_AUGMENT = {"trivial": T.TrivialAugmentWide, "randaugment": T.RandAugment}
+
+
 class TrainPreset:
-    def __init__(self, pre: Preprocessing, downscale: float = 4.0):
-        self.draft = 2 * pre.image_size  # decode JPEGs no larger than the crops need
+    """Random down-scaling, a random resized crop (of the epoch's size: progressive resizing
+    changes it), a flip, colour jitter, optionally TrivialAugment or RandAugment, normalisation,
+    optionally random erasing: torchvision's own transforms, as in its classification references."""
+
+    def __init__(self, pre: Preprocessing, downscale: float = 4.0, augment: str = "none", random_erase: float = 0.0):
+        self.size, self.draft = pre.image_size, 2 * pre.image_size  # decode JPEGs no larger than the crops need
         self.downscale = RandomDownscale(downscale)
-        self.transform = T.Compose([
-            T.RandomResizedCrop(pre.image_size, scale=(0.35, 1.0), antialias=True),
+        self.before = T.Compose([
             T.RandomHorizontalFlip(),
             T.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.02),
+            *([AUTO_AUGMENT[augment]()] if augment != "none" else []),
             T.PILToTensor(),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(pre.mean, pre.std),
+            *([T.RandomErasing(p=random_erase, value=0)] if random_erase > 0 else []),
         ])
 
-    def __call__(self, path: str, seed: int) -> torch.Tensor:
-        """One augmented sample; ``seed`` decides every random choice (Python's for the
-        down-scaling, torch's, in a forked generator state, for torchvision's transforms)."""
+    def __call__(self, path: str, seed: int, size: int | None = None) -> torch.Tensor:
+        """One augmented sample at ``size`` (default: the image size); ``seed`` decides every
+        random choice (Python's for the down-scaling, torch's, in a forked generator state,
+        for torchvision's transforms)."""
         img = self.downscale(load_image(path, min_size=self.draft), random.Random(seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.transform(img)
+            crop = T.RandomResizedCrop(size or self.size, scale=(0.35, 1.0), antialias=True)
+            return self.before(crop(img))
 
 
 class EvalPreset:
     def __init__(self, pre: Preprocessing):
         self.pre = pre
 
-    def __call__(self, path: str, seed: int = 0) -> torch.Tensor:
+    def __call__(self, path: str, seed: int = 0, size: int | None = None) -> torch.Tensor:
         return torch.from_numpy(preprocess(path, self.pre))

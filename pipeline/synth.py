@@ -211,3 +211,30 @@ def write_unknown(out: Path, classes: int, count: int, seed: int = 0, size: tupl
         look = None if i % 5 == 4 else looks[i % len(looks)]
         (out / f"unknown_{i:04d}.jpg").write_bytes(downscaled_copy(draw_frame(look, rng, (size[0] * 3, size[1] * 3)), 1 / 3))
     return count
+
+
+def fingerprints(n: int, seed: int = 0, clustered: float = 0.5, max_cluster: int = 12, max_flip: int = 6):
+    """Generated fingerprints at any scale, for the grouping benchmark and tests: (pHashes
+    uint64[n], thumbnails uint8[n, 192]). About ``clustered`` of the rows sit in clusters of
+    2..``max_cluster`` near-identical frames (pHash within ``max_flip`` bits of the first, small
+    thumbnail noise); the rest are unrelated frames."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sizes = np.where(rng.random(n) < clustered / 2, rng.integers(2, max_cluster + 1, n), 1)
+    sizes = sizes[: np.searchsorted(np.cumsum(sizes), n) + 1]
+    cluster = np.repeat(np.arange(len(sizes)), sizes)[:n]
+    first = np.r_[True, cluster[1:] != cluster[:-1]]
+    base_hash = rng.integers(0, 2**64 - 1, len(sizes), dtype=np.uint64, endpoint=True)
+    base_thumb = rng.integers(0, 256, (len(sizes), 192), dtype=np.uint8)
+    flips = np.where(first, 0, rng.integers(0, max_flip + 1, n))
+    mask = np.zeros(n, np.uint64)
+    for j in range(max_flip):  # a bit drawn twice flips back: "up to" max_flip bits
+        bit = rng.integers(0, 64, n).astype(np.uint64)
+        mask ^= np.where(flips > j, np.uint64(1) << bit, np.uint64(0))
+    thumbs = base_thumb[cluster]
+    for start in range(0, n, 65536):  # small thumbnail noise on cluster members, in chunks: memory stays ~n x 192 bytes
+        rows = slice(start, start + 65536)
+        noise = rng.integers(-6, 7, (len(thumbs[rows]), 192), dtype=np.int16) * ~first[rows, None]
+        thumbs[rows] = np.clip(thumbs[rows].astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    return base_hash[cluster] ^ mask, thumbs

@@ -14,7 +14,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,8 @@ from torch import nn
 
 from pipeline import data, manifest as manifest_io
 from pipeline.checkpoint import DEFAULT_SCORE, Calibration, Checkpoint
-from pipeline.config import TrainConfig
-from pipeline.io import write_json
+from pipeline.config import TrainConfig, eval_size, resolve
+from pipeline.io import atomic_write, write_json
 from pipeline.model import build_model
 from runtime.errors import SimpsonsError
 from runtime.files import Lock
@@ -95,16 +95,38 @@ def head_parameters(model: nn.Module) -> set[int]:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with four groups: backbone/head x decayed/not (no decay on norms and biases)."""
+    """AdamW with four groups: backbone/head x decayed/not (no decay on norms and biases); the
+    backbone learns at ``backbone_lr`` times the head's rate (fine-tuning keeps what it knows)."""
     head = head_parameters(model)
     groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (True, False)}
     for p in model.parameters():
         groups[(id(p) in head, p.ndim > 1)].append(p)
     return torch.optim.AdamW(
-        [{"params": ps, "weight_decay": config.weight_decay if decay else 0.0, "is_head": is_head}
+        [{"params": ps, "weight_decay": config.weight_decay if decay else 0.0, "is_head": is_head,
+          "lr": config.lr * (1.0 if is_head else config.backbone_lr)}
          for (is_head, decay), ps in groups.items()],
         lr=config.lr,
     )
+
+
+def epoch_size(config: TrainConfig, epoch: int) -> int:
+    """Progressive resizing: the crops grow linearly from ``progressive`` x the image size in
+    the first epoch to the full size two thirds of the way through (multiples of 8); small
+    early epochs cost less and teach coarse shapes first."""
+    if config.progressive >= 1:
+        return config.image_size
+    full_at = max(1, math.ceil(2 * config.epochs / 3) - 1)
+    share = config.progressive + (1 - config.progressive) * min(1.0, epoch / full_at)
+    return max(16, int(round(config.image_size * share / 8)) * 8)
+
+
+def make_mixer(config: TrainConfig, num_classes: int):
+    """MixUp and/or CutMix on whole batches (torchvision's), or None when both are off."""
+    from torchvision.transforms import v2
+
+    mixers = ([v2.MixUp(alpha=config.mixup, num_classes=num_classes)] if config.mixup > 0 else []) + \
+             ([v2.CutMix(alpha=config.cutmix, num_classes=num_classes)] if config.cutmix > 0 else [])
+    return v2.RandomChoice(mixers) if mixers else None
 
 
 def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
@@ -124,11 +146,15 @@ def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
-def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, dtype, scaler, desc: str) -> tuple[float, float]:
-    """One pass over the loader; returns (mean loss, images per second)."""
+def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, dtype, scaler, desc: str,
+                    mixer=None, ema=None) -> tuple[float, float]:
+    """One pass over the loader (images mixed by ``mixer`` if given, ``ema`` updated after
+    each step); returns (mean loss, images per second)."""
     model.train()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     for images, targets in progress(loader, len(loader), desc):
+        if mixer is not None:
+            images, targets = mixer(images, targets)
         images = images.to(device, non_blocking=True)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
@@ -140,6 +166,8 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, dtyp
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
         total_loss += loss.item() * len(targets)
         seen += len(targets)
     return total_loss / max(seen, 1), seen / (time.perf_counter() - start)
@@ -181,11 +209,17 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
-def make_checkpoint(model, config: TrainConfig, classes, pre: Preprocessing, epoch: int, metrics: dict) -> Checkpoint:
+def make_checkpoint(state_dict: dict, config: TrainConfig, classes, pre: Preprocessing, epoch: int, metrics: dict) -> Checkpoint:
     return Checkpoint(
-        state_dict=unwrap(model).state_dict(), arch=config.arch, classes=list(classes), preprocessing=pre,
+        state_dict=state_dict, arch=config.arch, classes=list(classes), preprocessing=pre,
         config=asdict(config), config_hash=config_hash(config), epoch=epoch, metrics=metrics,
     )
+
+
+def average_states(states: list[dict]) -> dict:
+    """The element-wise mean of several state dicts (floating tensors; counters from the first)."""
+    return {k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+            for k, v in states[0].items()}
 
 
 def log_epoch(writer, epoch: int, train_loss: float, speed: float, report: dict, lr: float, classes) -> None:
@@ -202,12 +236,15 @@ def log_epoch(writer, epoch: int, train_loss: float, speed: float, report: dict,
 
 
 def load_data(config: TrainConfig, table, stats: dict, pre: Preprocessing, rank: int, world: int, pin: bool):
-    """Train and val loaders from the manifest, and the training targets (for class weights)."""
+    """Train and val loaders from the manifest, and the training targets (for class weights).
+    ``pre`` is the evaluation preprocessing (at the evaluation size); the training crops use
+    ``config.image_size``."""
     from pipeline.presets import EvalPreset, TrainPreset
 
     root = manifest_io.data_root(stats, config.data_root)
     classes = stats["classes"]
-    train_set = data.ManifestDataset(data.split_rows(table, "train"), root, classes, TrainPreset(pre, config.downscale))
+    augment = TrainPreset(replace(pre, image_size=config.image_size), config.downscale, config.augment, config.random_erase)
+    train_set = data.ManifestDataset(data.split_rows(table, "train"), root, classes, augment)
     val_set = data.ManifestDataset(data.split_rows(table, "val"), root, classes, EvalPreset(pre))
     if not len(train_set) or not len(val_set):
         raise TrainError(f"{config.manifest}: the manifest has {len(train_set)} train and {len(val_set)} val images; both must be > 0")
@@ -279,8 +316,10 @@ def resume_state(out: Path, manifest_path: Path) -> dict:
 
 def train(config: TrainConfig, resume: bool = False) -> dict:
     """Train, keeping ``best.pt`` (best val macro-F1) and ``last.pt``, then calibrate
-    ``best.pt``; returns the best metrics. Rank 0 holds the run folder's lock throughout: a
-    second run into the same folder is refused, not interleaved."""
+    ``best.pt``; returns the best metrics. "Auto" options are resolved from the recipe for the
+    start point first. Rank 0 holds the run folder's lock throughout: a second run into the
+    same folder is refused, not interleaved."""
+    config = resolve(config)
     rank, world, local_rank = distributed()
     lock = Lock(Path(config.out) / "last.pt") if rank == 0 else None
     try:
@@ -290,18 +329,46 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             lock.release()
 
 
+class BestEpochs:
+    """The weights of the best ``keep`` epochs so far, on disk in ``RUN/.best/``, for
+    averaging at the end (``--average``); what they are is saved in ``last.pt``, so a resumed
+    run keeps averaging the same epochs."""
+
+    def __init__(self, folder: Path, keep: int, entries: list | None = None):
+        self.folder, self.keep, self.entries = folder, keep, [tuple(e) for e in entries or []]  # (f1, epoch), best first
+
+    def offer(self, f1: float, epoch: int, state_dict: dict) -> None:
+        if self.keep < 2:
+            return
+        self.entries = sorted([*self.entries, (f1, epoch)], key=lambda e: (-e[0], e[1]))
+        if (f1, epoch) in self.entries[: self.keep]:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.folder / f"epoch-{epoch}.pt", lambda tmp: torch.save(state_dict, tmp))
+        for _, dropped in self.entries[self.keep:]:
+            (self.folder / f"epoch-{dropped}.pt").unlink(missing_ok=True)
+        self.entries = self.entries[: self.keep]
+
+    def average(self) -> dict | None:
+        if len(self.entries) < 2:
+            return None
+        return average_states([torch.load(self.folder / f"epoch-{e}.pt", weights_only=True) for _, e in self.entries])
+
+
 def _train(config: TrainConfig, resume: bool, rank: int, world: int, local_rank: int) -> dict:
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
     device = pick_device(config.device, local_rank)
     manifest_path, out = Path(config.manifest), Path(config.out)
     state = resume_state(out, manifest_path) if resume else None
     table, stats = manifest_io.read(manifest_path)
     classes = stats["classes"]
-    pre = Preprocessing.for_size(config.image_size, stats["mean"], stats["std"], config.crop_fraction)
+    pre = Preprocessing.for_size(eval_size(config), stats["mean"], stats["std"], config.crop_fraction)
     train_loader, val_loader, targets = load_data(config, table, stats, pre, rank, world, pin=device.type == "cuda")
 
     model = make_model(config, len(classes), resume, rank, world).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema > 0 else None
     weight = data.class_weights(targets, len(classes)) if config.balance == "loss" else None
     criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), label_smoothing=config.label_smoothing)
     val_criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)  # val logits come back on the CPU
@@ -309,14 +376,19 @@ def _train(config: TrainConfig, resume: bool, rank: int, world: int, local_rank:
     scheduler = make_scheduler(optimizer, config, len(train_loader))
     dtype = amp_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    mixer = make_mixer(config, len(classes))
 
     start_epoch, best, stale, history = 0, {"f1": -1.0, "epoch": -1}, 0, []
+    best_epochs = BestEpochs(out / ".best", config.average)
     if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         start_epoch, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
+        best_epochs = BestEpochs(out / ".best", config.average, state.get("best_epochs"))
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
     if config.compile:
@@ -330,15 +402,20 @@ def _train(config: TrainConfig, resume: bool, rank: int, world: int, local_rank:
         write_json(out / "config.json", {**asdict(config), "manifest_hash": file_hash(manifest_path),
                                          "config_hash": config_hash(config), "classes": classes, "world_size": world})
         writer = SummaryWriter(str(out))
-        log.info("training %s on %d images (%d classes), validating on %d; %s, %d process(es), amp %s",
-                 config.arch, len(targets), len(classes), len(val_loader.dataset), device, world, dtype)
+        log.info("training %s (%s recipe) on %d images (%d classes), validating on %d at %d px; %s, %d process(es), amp %s",
+                 config.arch, config.start, len(targets), len(classes), len(val_loader.dataset), pre.image_size, device, world, dtype)
 
     for epoch in range(start_epoch, config.epochs):
         seed_everything(config.seed * 1000 + epoch)
-        train_loader.sampler.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch, epoch_size(config, epoch))
+        mixing = mixer if config.mix_epochs is None or epoch < config.mix_epochs else None
         loss, speed = train_one_epoch(model, criterion, optimizer, scheduler, train_loader, device, dtype, scaler,
-                                      f"epoch {epoch + 1}/{config.epochs}")
-        report = evaluate(model, val_criterion, val_loader, device, dtype, classes)
+                                      f"epoch {epoch + 1}/{config.epochs}", mixing, ema)
+        report, weights = evaluate(model, val_criterion, val_loader, device, dtype, classes), unwrap(model)
+        if ema is not None:  # the moving average competes with the raw weights at every epoch
+            averaged = evaluate(ema.module, val_criterion, val_loader, device, dtype, classes)
+            if averaged["macro avg"]["f1"] > report["macro avg"]["f1"]:
+                report, weights = {**averaged, "weights": "ema"}, ema.module
         f1 = report["macro avg"]["f1"]
         improved = f1 > best["f1"]
         if improved:
@@ -349,17 +426,21 @@ def _train(config: TrainConfig, resume: bool, rank: int, world: int, local_rank:
             lr = scheduler.get_last_lr()[-1]
             log_epoch(writer, epoch, loss, speed, report, lr, classes)
             metrics = {"epoch": epoch + 1, "train_loss": loss, "val_loss": report["loss"], "val_accuracy": report["accuracy"],
-                       "val_macro_f1": f1, "lr": lr, "train_images_per_s": speed}
+                       "val_macro_f1": f1, "lr": lr, "train_images_per_s": speed, "train_size": epoch_size(config, epoch),
+                       "weights": report.get("weights", "raw")}
             history.append(metrics)
             write_json(out / "history.json", history)
-            ckpt = make_checkpoint(model, config, classes, pre, epoch, metrics)
+            best_epochs.offer(f1, epoch, weights.state_dict())
             if improved:
-                ckpt.save(out / "best.pt")
+                make_checkpoint(weights.state_dict(), config, classes, pre, epoch, metrics).save(out / "best.pt")
+            ckpt = make_checkpoint(unwrap(model).state_dict(), config, classes, pre, epoch, metrics)
             ckpt.training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "scaler": scaler.state_dict(), "best": best, "stale": stale, "history": history}
+                             "scaler": scaler.state_dict(), "best": best, "stale": stale, "history": history,
+                             "best_epochs": best_epochs.entries, **({"ema": ema.state_dict()} if ema is not None else {})}
             ckpt.save(out / "last.pt")
-            log.info("epoch %d: train loss %.3f, val loss %.3f, val acc %.3f, val macro-F1 %.3f%s, %.0f img/s", epoch + 1,
-                     loss, report["loss"], report["accuracy"], f1, " (best)" if improved else "", speed)
+            log.info("epoch %d: train loss %.3f, val loss %.3f, val acc %.3f, val macro-F1 %.3f%s%s, %.0f img/s", epoch + 1,
+                     loss, report["loss"], report["accuracy"], f1, " (ema)" if "weights" in report else "",
+                     " (best)" if improved else "", speed)
         if stale >= config.patience:
             if rank == 0:
                 log.info("early stop: no better val macro-F1 for %d epochs", stale)
@@ -367,8 +448,30 @@ def _train(config: TrainConfig, resume: bool, rank: int, world: int, local_rank:
     if writer:
         writer.close()
     if rank == 0:
+        best = average_best(best_epochs, best, config, classes, pre, val_loader, val_criterion, device, dtype, out)
         log.info(calibrate_best(config, table, stats, device))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return best
+
+
+def average_best(best_epochs: BestEpochs, best: dict, config: TrainConfig, classes, pre, val_loader, criterion, device, dtype,
+                 out: Path) -> dict:
+    """``--average N``: the mean of the best N epochs' weights replaces best.pt if it scores
+    better on val (averaging nearby minima often generalises better than any one of them)."""
+    state = best_epochs.average()
+    if state is None:
+        return best
+    model = build_model(config.arch, len(classes), "none").to(device)
+    model.load_state_dict(state)
+    report = evaluate(model, criterion, val_loader, device, dtype, classes)
+    f1 = report["macro avg"]["f1"]
+    log.info("average of epochs %s: val macro-F1 %.3f (best single epoch %.3f)",
+             ", ".join(str(e + 1) for _, e in sorted(best_epochs.entries, key=lambda e: e[1])), f1, best["f1"])
+    if f1 <= best["f1"]:
+        return best
+    metrics = {"epoch": best["epoch"] + 1, "val_macro_f1": f1, "val_accuracy": report["accuracy"], "val_loss": report["loss"],
+               "weights": f"average of {len(best_epochs.entries)} epochs"}
+    make_checkpoint(model.state_dict(), config, classes, pre, best["epoch"], metrics).save(out / "best.pt")
+    return {**best, "f1": f1, "accuracy": report["accuracy"], "loss": report["loss"], "averaged": len(best_epochs.entries)}

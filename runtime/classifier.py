@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from runtime.errors import DeviceError, MetadataError, ModelError, SimpsonsError
+from runtime.listing import display_path
 from runtime.metadata import FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, decode, read_sidecar
 from runtime.openset import check_threshold
 from runtime.parallel import in_order
@@ -46,6 +47,20 @@ class Result:
     source: ImageSource
     prediction: Prediction | None
     error: str | None = None
+
+    def row(self) -> dict:
+        """The prediction row every output format shares (the ``Prediction`` fields, flat)."""
+        p = self.prediction
+        return {
+            "path": display_path(self.source) if isinstance(self.source, (str, os.PathLike)) else type(self.source).__name__,
+            "status": "ok" if p else self.error,
+            "label": p.label if p else None,
+            "confidence": p.confidence if p else None,
+            "ood_score": p.ood_score if p else None,
+            "unknown": p.unknown if p else None,
+            "top_labels": [label for label, _ in p.top_k] if p else [],
+            "top_probs": [prob for _, prob in p.top_k] if p else [],
+        }
 
 
 class Outputs(NamedTuple):

@@ -9,16 +9,15 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.labels import label_from_path
-from runtime.listing import Listing, display_path, odd_name
+from runtime.listing import Listing, display_path
 from runtime.logs import to_stderr
 from runtime.progress import progress
 
@@ -68,6 +67,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="with --evaluate: images of characters outside the classes; print how well the unknown verdict separates them")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run: append to the -o .csv/.jsonl after the last row it holds")
+    parser.add_argument("--ray", metavar="ADDRESS", default=None,
+                        help="classify on a Ray cluster: local (start one here), auto (this machine's cluster) or ray://HOST:10001 "
+                             "(needs the [distributed] extra; files must be readable at the same paths on every node)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any file fails")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     args = parser.parse_args(argv)
@@ -80,21 +82,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.no_unknown and args.unknown_threshold is not None:
         parser.error("--no-unknown and --unknown-threshold exclude each other")
     return args
-
-
-def as_row(r) -> dict:
-    """The prediction row every output format shares (the API's ``Prediction`` fields)."""
-    p = r.prediction
-    return {
-        "path": display_path(r.source) if isinstance(r.source, (str, os.PathLike)) else type(r.source).__name__,
-        "status": "ok" if p else r.error,
-        "label": p.label if p else None,
-        "confidence": p.confidence if p else None,
-        "ood_score": p.ood_score if p else None,
-        "unknown": p.unknown if p else None,
-        "top_labels": [lab for lab, _ in p.top_k] if p else [],
-        "top_probs": [prob for _, prob in p.top_k] if p else [],
-    }
 
 
 @dataclass
@@ -155,6 +142,17 @@ def print_openset(clf, known: list[float | None], unknown_files: Iterable[Path],
               f"{report['unknown_rejected']:.1%} of unknown rejected")
 
 
+def prediction_rows(clf, files, args: argparse.Namespace) -> Iterator[dict]:
+    """Rows for ``files``: from this process's classifier, or with ``--ray`` from the cluster's
+    workers (the same Classifier code there, results in the same order)."""
+    if args.ray is None:
+        yield from (result.row() for result in clf.iter_predict(files, top_k=args.top_k, batch_size=args.batch_size))
+        return
+    from runtime.distributed import classify
+
+    yield from classify(args.ray, list(files), args.model, args.top_k, args.batch_size, args.unknown_threshold, not args.no_unknown)
+
+
 def fail(message: str) -> int:
     print(f"simpsons-infer: error: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -195,18 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"simpsons-infer: model {args.model.name} ({clf.info.arch}, {len(clf.classes)} classes"
               f"{', portable' if clf.portable else ''}) on {clf.device}{resumed}", file=sys.stderr)
 
-    start, tally, odd = time.perf_counter(), Tally(), 0
+    start, tally = time.perf_counter(), Tally()
     bar = None if args.output and not args.quiet else False  # the table on stdout shows progress itself
     try:
-        results = clf.iter_predict(listing.after(writer.last_path), top_k=args.top_k, batch_size=args.batch_size)
-        for result in progress(results, None, "classifying", enabled=bar):
-            row = as_row(result)
+        for row in progress(prediction_rows(clf, listing.after(writer.last_path), args), None, "classifying", enabled=bar):
             writer.write(row)
             tally.add(row, args.evaluate)
-            if odd_name(result.source):
-                odd += 1
-                if odd == 1:
-                    log.warning("%s: the file name is not valid text; rows show it escaped (\\xNN per odd byte)", row["path"])
     except KeyboardInterrupt:
         writer.abort()
         kept = f"the rows so far are in {args.output}" if args.output and args.output.suffix.lower() in STREAMED else "no rows written"

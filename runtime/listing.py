@@ -5,6 +5,8 @@ run (which is what lets ``--resume`` skip what an earlier run wrote), and any na
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +34,9 @@ def display_path(path: str | os.PathLike) -> str:
 
 def odd_name(path: str | os.PathLike) -> bool:
     return display_path(path) != os.fspath(path)
+
+
+log = logging.getLogger("simpsons.listing")
 
 
 def _walk(folder: Path, recursive: bool, skipped: list[int]) -> Iterator[Path]:
@@ -63,11 +68,14 @@ class Listing:
         return self._skipped[0]
 
     def __iter__(self) -> Iterator[Path]:
-        for path in self.paths:
-            if path.is_dir():
-                yield from _walk(path, self.recursive, self._skipped)
-            else:
-                yield path
+        warned = False
+        for path in itertools.chain.from_iterable(
+            _walk(p, self.recursive, self._skipped) if p.is_dir() else [p] for p in self.paths
+        ):
+            if not warned and odd_name(path):
+                log.warning("%s: the file name is not valid text; rows show it escaped (\\xNN per odd byte)", display_path(path))
+                warned = True
+            yield path
 
     def after(self, last: str | None) -> Iterator[Path]:
         """The files after the one shown as ``last`` (``display_path``) in this order: what an

@@ -265,3 +265,30 @@ def test_atomic_writes_keep_the_umask_and_remove_stale_temporaries(tmp_path: Pat
         os.umask(umask)
     assert (tmp_path / "manifest.parquet").stat().st_mode & 0o777 == 0o640
     assert not stale.exists() and mine.exists()
+
+
+def test_graph_index_finds_the_exact_pairs_and_is_deterministic():
+    """Beyond EXACT_MAX_FILES the HNSW index proposes pairs; on clustered fingerprints it must
+    find >= 99.5% of the verified pairs the exact search finds, the same groups, every time."""
+    from pipeline.dedupe import THUMB_MAX_DIFFERENCE, candidate_pairs, connected_components, verified
+
+    phash, thumbs = synth.fingerprints(6000, seed=3)
+    exact = verified(candidate_pairs(phash, 12), thumbs, THUMB_MAX_DIFFERENCE)
+    graph = verified(candidate_pairs(phash, 12, exact_max=0), thumbs, THUMB_MAX_DIFFERENCE)
+    again = verified(candidate_pairs(phash, 12, exact_max=0, workers=1), thumbs, THUMB_MAX_DIFFERENCE)
+    found = {tuple(p) for p in graph.tolist()}
+    assert len(exact) > 2000
+    assert len(found & {tuple(p) for p in exact.tolist()}) >= 0.995 * len(exact)
+    assert np.array_equal(graph, again)  # same pairs whatever the thread count
+    assert np.array_equal(connected_components(6000, exact), connected_components(6000, graph))
+
+
+def test_exact_search_equals_comparing_every_pair():
+    from pipeline.dedupe import candidate_pairs, connected_components
+
+    phash, _ = synth.fingerprints(1500, seed=4, max_flip=14)
+    distance = np.bitwise_count(phash[:, None] ^ phash[None, :])
+    i, j = np.nonzero(np.triu(distance <= 12, k=1))
+    assert np.array_equal(candidate_pairs(phash, 12), np.stack([i, j], axis=1))
+    parent = connected_components(5, np.array([[3, 4], [1, 3]]))
+    assert parent.tolist() == [0, 1, 2, 1, 1]

@@ -284,13 +284,14 @@ def test_augmentation_draws_from_per_sample_generators(pipeline_run):
     random.seed(1)
     torch.manual_seed(1)
     python_state, torch_state = random.getstate(), torch.get_rng_state()
-    first, _ = dataset[(0, 1234)]
+    first, _ = dataset[(0, 1234, None)]
     assert random.getstate() == python_state and torch.equal(torch.get_rng_state(), torch_state)
-    dataset[(1, 99)]
+    dataset[(1, 99, None)]
     random.random()
-    again, _ = dataset[(0, 1234)]
-    other, _ = dataset[(0, 4321)]
+    again, _ = dataset[(0, 1234, None)]
+    other, _ = dataset[(0, 4321, None)]
     assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.shape == (3, 32, 32) and dataset[(0, 1234, 24)][0].shape == (3, 24, 24)  # the epoch's size (progressive)
 
 
 def test_a_bug_keeps_its_traceback_and_debug_shows_all(pipeline_run, monkeypatch):
