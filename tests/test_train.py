@@ -309,3 +309,75 @@ def test_a_bug_keeps_its_traceback_and_debug_shows_all(pipeline_run, monkeypatch
     from pipeline.checkpoint import CheckpointError
 
     assert isinstance(result.exception, CheckpointError)  # the user error, with its traceback
+
+
+RECIPE = ("--ema", "0.9", "--augment", "trivial", "--mixup", "0.2", "--cutmix", "1.0", "--mix-epochs", "2", "--random-erase", "0.25",
+          "--progressive", "0.5", "--eval-scale", "1.25", "--average", "2")
+
+
+def test_every_recipe_option_runs_and_is_recorded(pipeline_run, tmp_path: Path):
+    result = invoke("train", "--manifest", pipeline_run["manifest"], "--out", tmp_path / "run", *TINY, "--epochs", "3", *RECIPE)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert {k: config[k] for k in ("ema", "augment", "mixup", "cutmix", "mix_epochs", "random_erase", "progressive",
+                                   "eval_scale", "average")} == {
+        "ema": 0.9, "augment": "trivial", "mixup": 0.2, "cutmix": 1.0, "mix_epochs": 2, "random_erase": 0.25,
+        "progressive": 0.5, "eval_scale": 1.25, "average": 2}
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["train_size"] for h in history] == [16, 32, 32]  # progressive: half size first, full by two thirds
+    ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert ckpt["image_size"] == 40  # evaluated (and exported) at 32 x 1.25
+    assert "average of epochs" in result.output
+
+
+def test_resume_keeps_the_recipe_state(pipeline_run, tmp_path: Path, monkeypatch):
+    """EMA weights, the mixing schedule and the epochs kept for averaging survive an interruption."""
+    args = ["--manifest", pipeline_run["manifest"], *TINY, "--epochs", "3", *RECIPE]
+    assert invoke("train", *args, "--out", tmp_path / "full").exit_code == 0
+    real, calls = trainer.train_one_epoch, []
+
+    def crash_on_second_epoch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", crash_on_second_epoch)
+    assert invoke("train", *args, "--out", tmp_path / "cut").exit_code == 130
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    assert invoke("train", "--resume", tmp_path / "cut").exit_code == 0
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    for name, tensor in full["training"]["ema"].items():
+        torch.testing.assert_close(cut["training"]["ema"][name], tensor, rtol=0, atol=0, msg=name)
+    assert cut["training"]["best_epochs"] == full["training"]["best_epochs"]
+    best_full = torch.load(tmp_path / "full" / "best.pt", weights_only=True)["state_dict"]
+    best_cut = torch.load(tmp_path / "cut" / "best.pt", weights_only=True)["state_dict"]
+    for name, tensor in best_full.items():
+        torch.testing.assert_close(best_cut[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_auto_options_follow_the_start_point(pipeline_run, tmp_path: Path):
+    from pipeline.config import RECIPES
+
+    for weights, recipe in (("none", "scratch"), (str(pipeline_run["run"] / "best.pt"), "pretrained")):
+        out = tmp_path / recipe
+        assert invoke("train", "--manifest", pipeline_run["manifest"], "--out", out, *TINY, "--weights", weights, "--epochs", "1",
+                      "--lr", "0.004").exit_code == 0
+        config = json.loads((out / "config.json").read_text())
+        expected = {**RECIPES[recipe], "lr": 0.004, "batch_size": 16}  # what was given wins
+        assert {k: config[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--mixup", "0.2", "--mix-epochs", "5"), "--mix-epochs 5 must be between 1 and --epochs (2)"),
+    (("--mix-epochs", "1"), "--mix-epochs needs --mixup or --cutmix"),
+    (("--ema", "1.5"), "--ema is a decay in (0, 1)"),
+    (("--progressive", "0"), "--progressive is a share"),
+    (("--average", "3"), "--average 3 must be between 1 and --epochs (2)"),
+    (("--augment", "everything"), "Invalid value for '--augment'"),
+])
+def test_nonsensical_recipes_are_refused_before_any_work(pipeline_run, tmp_path: Path, args, message):
+    result = invoke("train", "--manifest", pipeline_run["manifest"], "--out", tmp_path / "run", *TINY, "--epochs", "2", *args)
+    assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "run").exists()

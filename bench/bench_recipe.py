@@ -1,0 +1,94 @@
+"""Training-recipe ablation on real frames at a fixed budget: which options earn their place.
+
+ResNet18 from scratch on the real sample's train split, final size 128 px, 12 epochs, no early
+stopping; val macro-F1 of best.pt (after EMA/averaging where on) and wall time per run. Every
+configuration runs with 3 seeds, seed by seed (all configurations with seed 0 first), each
+result appended to bench/.work/recipe/results.jsonl as it lands; a rerun skips what is there,
+and ``--table`` prints the table from whatever has finished.
+
+    .venv/bin/python bench/bench_recipe.py [--seeds 0 1 2] [--only baseline ema]
+    .venv/bin/python bench/bench_recipe.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+
+from common import WORK, sample_manifest
+
+BUDGET = {"arch": "resnet18", "weights": "none", "image_size": 128, "epochs": 12, "patience": 100}
+# name -> options on top of the budget. "previous" is the recipe before this ablation (the
+# issue's 0.73); "baseline" is the scratch recipe's base; each other row adds one option to it.
+CONFIGS = {
+    "previous": {"lr": 1e-3, "batch_size": 64},
+    "baseline": {},
+    "ema": {"ema": 0.99},
+    "trivialaugment": {"augment": "trivial"},
+    "mixup+cutmix": {"mixup": 0.2, "cutmix": 1.0, "mix_epochs": 9},
+    "random-erase": {"random_erase": 0.25},
+    "progressive": {"progressive": 0.5},
+    "eval-scale": {"eval_scale": 1.15},
+    "average-3": {"average": 3},
+}
+RESULTS = WORK / "recipe" / "results.jsonl"
+
+
+def done() -> list[dict]:
+    return [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.is_file() else []
+
+
+def run(name: str, seed: int) -> dict:
+    from pipeline.config import TrainConfig
+    from pipeline.train import train
+
+    out = WORK / "recipe" / f"{name}-{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    config = TrainConfig(manifest=str(sample_manifest()), out=str(out), seed=seed, **{**BUDGET, **CONFIGS[name]})
+    start = time.perf_counter()
+    best = train(config)
+    return {"config": name, "seed": seed, "val_macro_f1": best["f1"], "seconds": time.perf_counter() - start,
+            "options": CONFIGS[name]}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| configuration | options | val macro-F1, mean | spread (min-max) | seeds | time per run | vs baseline time |",
+             "|---|---|---|---|---|---|---|"]
+    base = [r["seconds"] for r in rows if r["config"] == "baseline"]
+    for name in CONFIGS:
+        mine = [r for r in rows if r["config"] == name]
+        if not mine:
+            continue
+        f1 = [r["val_macro_f1"] for r in mine]
+        seconds = statistics.mean(r["seconds"] for r in mine)
+        ratio = f"{seconds / statistics.mean(base):.2f}x" if base else ""
+        options = ", ".join(f"{k}={v}" for k, v in CONFIGS[name].items()) or "(the scratch recipe)"
+        lines.append(f"| {name} | {options} | {statistics.mean(f1):.3f} | {min(f1):.3f}-{max(f1):.3f} | {len(f1)} | "
+                     f"{seconds:.0f} s | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--table", action="store_true", help="print the table of the finished runs and stop")
+    args = parser.parse_args()
+    if not args.table:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        for seed in args.seeds:
+            for name in args.only:
+                if any(r["config"] == name and r["seed"] == seed for r in done()):
+                    continue
+                result = run(name, seed)
+                with RESULTS.open("a") as f:
+                    f.write(json.dumps(result) + "\n")
+                print(f"{name} seed {seed}: val macro-F1 {result['val_macro_f1']:.3f} in {result['seconds']:.0f}s", flush=True)
+    print(table(done()))
+
+
+if __name__ == "__main__":
+    main()
