@@ -19,7 +19,7 @@ DEMO    ?= demo
 DEMO_SYNTH ?= --per-class 50 --unknown 120
 DEMO_TRAIN ?= ARCH=resnet18 WEIGHTS=none EPOCHS=12 IMAGE_SIZE=64 TRAIN_ARGS="--lr 2e-3 --batch-size 32"
 
-.PHONY: setup test test-fast gpu-check data train evaluate export infer web bench demo demo-run summary edge-check clean
+.PHONY: setup test test-fast gpu-check data train evaluate export infer audit web bench demo demo-run summary edge-check clean
 
 $(VENV)/bin/simpsons: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,7 @@ gpu-check: $(SETUP)
 
 data: $(SETUP)
 	$(BIN)/simpsons manifest $(DATA) --out $(OUT)/data
+	$(BIN)/simpsons audit $(OUT)/data
 
 train: data
 	$(BIN)/simpsons train --manifest $(OUT)/data/manifest.parquet --out $(OUT)/run \
@@ -90,8 +91,12 @@ demo: setup demo-run
 demo-run:
 	rm -rf $(DEMO)
 	$(BIN)/simpsons synth $(DEMO)/data $(DEMO_SYNTH)
-	$(MAKE) --no-print-directory train evaluate export infer summary SETUP= DATA=$(DEMO)/data OUT=$(DEMO)/out \
+	$(MAKE) --no-print-directory train evaluate export infer audit summary SETUP= DATA=$(DEMO)/data OUT=$(DEMO)/out \
 		UNKNOWN=$(DEMO)/data/unknown $(DEMO_TRAIN)
+
+# The audit page with the model's view: likely mislabelled images and misclassified test images.
+audit: $(SETUP)
+	$(BIN)/simpsons audit $(OUT)/data --checkpoint $(OUT)/run/best.pt
 
 summary:
 	@echo
@@ -102,8 +107,11 @@ summary:
 	@echo "  ONNX:         $(OUT)/model.onnx, model.int8.onnx, model.fp16.onnx, model.portable.onnx, model.portable.int8.onnx,"
 	@echo "                a .json sidecar beside each, model.report.json; make web OUT=$(OUT) puts the page in $(OUT)/web"
 	@echo "  inference:    $(OUT)/predictions.csv"
+	@echo "  audit page:   $(OUT)/data/audit.html (label_issues.csv beside it)"
 	@echo
 	@cat $(OUT)/eval/report.md
+	@echo
+	@echo "Open the data audit: $(OUT)/data/audit.html"
 
 # The runtime alone, as deployed on a small box: a fresh venv with the base install (numpy,
 # Pillow, onnxruntime) classifies with a model exported by the full install.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import TrainConfig as C
+from pipeline.config import RECIPES, TrainConfig as C
 from runtime.errors import SimpsonsError
 from runtime.logs import to_stderr
 
@@ -117,6 +117,33 @@ def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, kee
     click.echo(f"wrote {out_dir / engine.MANIFEST} and {out_dir / engine.STATS}", err=True)
 
 
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="also rank likely mislabelled images (cleanlab, out-of-sample probabilities) and list misclassified test images")
+@click.option("--folds", type=click.IntRange(0), default=0,
+              help="with --checkpoint: also score the training images, each by a model trained on the other K-1 folds (K trainings)")
+@click.option("--workers", type=click.IntRange(0), default=2, help="data-loader processes for predictions")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+def audit(out_dir: Path, checkpoint: Path | None, folds: int, workers: int, device: str) -> None:
+    """Write OUT_DIR/audit.html (OUT_DIR: a `simpsons manifest` folder): duplicates, leaks, label
+    conflicts, bad files, outliers and examples per class, in one self-contained page."""
+    from pipeline import audit as auditing
+
+    if folds == 1:
+        raise UserError("--folds needs at least 2 folds (or 0 for none)")
+    if folds and checkpoint is None:
+        raise UserError("--folds needs --checkpoint (its configuration trains the fold models)")
+    page = auditing.run(out_dir, checkpoint, folds, workers, device)
+    click.echo(f"wrote {page} ({page.stat().st_size / 2**20:.1f} MB)" + (f" and {page.parent / auditing.ISSUES}" if checkpoint else ""), err=True)
+
+
+def auto(option: str) -> str:
+    """What "auto" means for ``option``, from the recipes themselves (pipeline/config.py)."""
+    scratch, pretrained = RECIPES["scratch"][option], RECIPES["pretrained"][option]
+    return f"[auto: {scratch}]" if scratch == pretrained else f"[auto: {scratch} from scratch, {pretrained} fine-tuning]"
+
+
 def _train_config(options: dict) -> C:
     return C(**{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()})
 
@@ -129,22 +156,22 @@ def _train_config(options: dict) -> C:
 @click.option("--image-size", type=click.IntRange(16), default=C.image_size, help="training crop size")
 @click.option("--crop-fraction", type=click.FloatRange(0.5, 1.0), default=C.crop_fraction, help="eval: resize to size/fraction, centre-crop size")
 @click.option("--epochs", type=click.IntRange(1), default=C.epochs)
-@click.option("--batch-size", type=click.IntRange(1), default=C.batch_size, help="per process [auto: 32 from scratch, 64 fine-tuning]")
-@click.option("--lr", type=float, default=C.lr, help="peak learning rate of the head [auto: 2e-3 from scratch, 1e-3 fine-tuning]")
-@click.option("--weight-decay", type=click.FloatRange(0), default=C.weight_decay, help="AdamW weight decay [auto: 0.05]")
-@click.option("--warmup-epochs", type=click.FloatRange(0), default=C.warmup_epochs, help="linear warm-up before the cosine decay [auto: 1]")
-@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=C.label_smoothing, help="[auto: 0.1]")
-@click.option("--backbone-lr", type=float, default=C.backbone_lr, help="backbone rate as a share of the head's [auto: 1 from scratch, 0.1 fine-tuning]")
+@click.option("--batch-size", type=click.IntRange(1), default=C.batch_size, help=f"per process {auto('batch_size')}")
+@click.option("--lr", type=float, default=C.lr, help=f"peak learning rate of the head {auto('lr')}")
+@click.option("--weight-decay", type=click.FloatRange(0), default=C.weight_decay, help=f"AdamW weight decay {auto('weight_decay')}")
+@click.option("--warmup-epochs", type=click.FloatRange(0), default=C.warmup_epochs, help=f"linear warm-up before the cosine decay {auto('warmup_epochs')}")
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=C.label_smoothing, help=f"label smoothing of the targets {auto('label_smoothing')}")
+@click.option("--backbone-lr", type=float, default=C.backbone_lr, help=f"backbone rate as a share of the head's {auto('backbone_lr')}")
 @click.option("--augment", type=click.Choice(["none", "trivial", "randaugment"]), default=C.augment,
-              help="automatic augmentation policy: TrivialAugmentWide or RandAugment [auto: none from scratch, trivial fine-tuning]")
-@click.option("--mixup", type=float, default=C.mixup, help="MixUp alpha, 0 off [auto: 0]")
-@click.option("--cutmix", type=float, default=C.cutmix, help="CutMix alpha, 0 off [auto: 0]")
+              help=f"automatic augmentation policy: TrivialAugmentWide or RandAugment {auto('augment')}")
+@click.option("--mixup", type=float, default=C.mixup, help=f"MixUp alpha, 0 off {auto('mixup')}")
+@click.option("--cutmix", type=float, default=C.cutmix, help=f"CutMix alpha, 0 off {auto('cutmix')}")
 @click.option("--mix-epochs", type=int, default=C.mix_epochs, help="mix only in the first N epochs, then train on clean images [default: all]")
-@click.option("--random-erase", type=float, default=C.random_erase, help="probability of erasing a random rectangle [auto: 0]")
-@click.option("--ema", type=float, default=C.ema, help="decay of an exponential moving average of the weights, evaluated each epoch; 0 off [auto: 0]")
-@click.option("--progressive", type=float, default=C.progressive, help="first epoch's image size as a share of --image-size, growing to full; 1 off [auto: 1]")
-@click.option("--eval-scale", type=float, default=C.eval_scale, help="evaluate and export at --image-size x this (train/test resolution); 1 off [auto: 1]")
-@click.option("--average", type=int, default=C.average, help="average the weights of the best N epochs into best.pt if better; 1 off [auto: 1]")
+@click.option("--random-erase", type=float, default=C.random_erase, help=f"probability of erasing a random rectangle {auto('random_erase')}")
+@click.option("--ema", type=float, default=C.ema, help=f"decay of an exponential moving average of the weights, evaluated each epoch; 0 off {auto('ema')}")
+@click.option("--progressive", type=float, default=C.progressive, help=f"first epoch's image size as a share of --image-size, growing to full; 1 off {auto('progressive')}")
+@click.option("--eval-scale", type=float, default=C.eval_scale, help=f"evaluate and export at --image-size x this (train/test resolution); 1 off {auto('eval_scale')}")
+@click.option("--average", type=int, default=C.average, help=f"average the weights of the best N epochs into best.pt if better; 1 off {auto('average')}")
 @click.option("--balance", type=click.Choice(["sampler", "loss", "none"]), default=C.balance, help="class imbalance: weighted sampling, loss weights, or nothing")
 @click.option("--freeze-epochs", type=click.IntRange(0), default=C.freeze_epochs, help="train only the head for this many epochs first")
 @click.option("--downscale", type=click.FloatRange(1.0), default=C.downscale, help="random down-scaling up to this factor (test images are ~3x smaller)")
