@@ -16,22 +16,18 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, SAMPLE, WORK, files, require_sample
+from common import REPO, SAMPLE, WORK, files, peak_of, require_sample, with_peak
 
-PEAK = ("import atexit, re, runpy, sys\n"
-        "atexit.register(lambda: print('PEAK_MB=%d' % (int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024), file=sys.stderr))\n"
-        "sys.argv = sys.argv[1:]\n"
-        "runpy.run_module(sys.argv[0], run_name='__main__')\n")
 MODULES = {"simpsons": "pipeline.cli", "simpsons-infer": "runtime.cli"}
 
 
 def command(tool: str, *args) -> list[str]:
-    return [sys.executable, "-c", PEAK, MODULES[tool], *map(str, args)]
+    return with_peak(MODULES[tool], *args)
 
 
 def run(tool: str, *args, timeout: int = 900) -> tuple[int, int, str]:
     done = subprocess.run(command(tool, *args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    peak = next((int(line.split("=")[1]) for line in done.stderr.splitlines() if line.startswith("PEAK_MB=")), -1)
+    peak = peak_of(done.stderr)
     return done.returncode, peak, done.stderr
 
 

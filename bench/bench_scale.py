@@ -9,7 +9,7 @@ once into bench/.work/scale. Measured, each in its own process (peak memory = Vm
    fifth of the run (from the rows the CSV holds, sampled every 2 s) and peak memory;
 3. the same inference killed half-way and finished with ``--resume``: rows, duplicates.
 
-    .venv/bin/python bench/bench_scale.py --model demo/out/model.int8.onnx [--files 100000]
+    .venv/bin/python bench/bench_scale.py --model demo/out/model.int8.onnx [--files 100000] [--manifest-only]
 """
 
 from __future__ import annotations
@@ -24,21 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, WORK
-
-PEAK = ("import atexit, re, runpy, sys\n"
-        "atexit.register(lambda: print('PEAK_MB=%d' % (int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024), file=sys.stderr))\n"
-        "sys.argv = sys.argv[1:]\n"
-        "runpy.run_module(sys.argv[0], run_name='__main__')\n")
-
-
-def command(module: str, *args) -> list[str]:
-    return [sys.executable, "-c", PEAK, module, *map(str, args)]
-
-
-def peak_of(stderr: str) -> int:
-    return next(int(line.split("=")[1]) for line in stderr.splitlines() if line.startswith("PEAK_MB="))
-
+from common import REPO, WORK, peak_of, with_peak
 
 def draw(root: Path, files: int) -> Path:
     data = root / f"data-{files}"
@@ -78,7 +64,7 @@ def naive(data: Path) -> float:
 def manifest(data: Path, out: Path) -> tuple[float, int, int]:
     env = {**os.environ, "SIMPSONS_CACHE": str(out / "cache")}
     start = time.perf_counter()
-    done = subprocess.run(command("pipeline.cli", "manifest", data, "--out", out, "--no-plots"), cwd=REPO, env=env,
+    done = subprocess.run(with_peak("pipeline.cli", "manifest", data, "--out", out, "--no-plots"), cwd=REPO, env=env,
                           capture_output=True, text=True)
     if done.returncode:
         sys.exit(done.stderr[-2000:])
@@ -97,7 +83,7 @@ def rows_in(csv: Path) -> int:
 def infer(data: Path, model: Path, out: Path, stop_after: float | None = None, resume: bool = False) -> dict:
     """Run simpsons-infer, sampling the CSV's rows every 2 s; ``stop_after`` sends Ctrl-C."""
     args = [data, "--model", model, "-o", out, "-q", *(["--resume"] if resume else [])]
-    process = subprocess.Popen(command("runtime.cli", *args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    process = subprocess.Popen(with_peak("runtime.cli", *args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     start, samples = time.perf_counter(), []
     while process.poll() is None:
@@ -108,7 +94,7 @@ def infer(data: Path, model: Path, out: Path, stop_after: float | None = None, r
             break
     stderr = process.communicate()[1]
     return {"code": process.returncode, "seconds": time.perf_counter() - start, "samples": samples,
-            "peak_mb": peak_of(stderr) if "PEAK_MB=" in stderr else -1, "rows": rows_in(out)}
+            "peak_mb": peak_of(stderr), "rows": rows_in(out)}
 
 
 def rate(samples: list[tuple[float, int]], total: int, first: bool) -> float:
@@ -121,9 +107,12 @@ def rate(samples: list[tuple[float, int]], total: int, first: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", type=Path, required=True, help="an exported model, e.g. demo/out/model.int8.onnx")
+    parser.add_argument("--model", type=Path, help="an exported model, e.g. demo/out/model.int8.onnx")
     parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--manifest-only", action="store_true", help="measure the manifest, skip inference")
     args = parser.parse_args()
+    if args.model is None and not args.manifest_only:
+        parser.error("--model is needed to measure inference (or pass --manifest-only)")
     root = WORK / "scale"
     data = draw(root, args.files)
     sets = {share: subset(data, share, root / f"share-{share}") for share in (0.25, 0.5)}
@@ -140,6 +129,8 @@ def main() -> None:
         seconds, peak, files = manifest(folder, out)
         per_file = seconds / files
         print(f"| {files:,} | {seconds:.1f} | {1000 * per_file:.2f} | {per_file / (baseline / total):.2f}x | {peak} |", flush=True)
+    if args.manifest_only:
+        return
 
     out = root / "rows.csv"
     out.unlink(missing_ok=True)
