@@ -164,8 +164,8 @@ def fingerprint(
     flight; with ``ray``, on that Ray cluster's workers) and handed to ``save_chunk`` every
     ``chunk_size`` files, so a run killed half-way keeps its work."""
     hits = files.select(KEY).join(cached, on=KEY, how="inner") if len(cached) else cached.clear()
-    todo = files.select(KEY).join(hits.select(KEY), on=KEY, how="anti").sort("path").to_dicts()
-    tasks = [todo[i : i + TASK_FILES] for i in range(0, len(todo), TASK_FILES)]
+    todo = files.select(KEY).join(hits.select(KEY), on=KEY, how="anti").sort("path")
+    tasks = (todo.slice(i, TASK_FILES).to_dicts() for i in range(0, len(todo), TASK_FILES))  # Python rows per task only
     fresh, chunk = [], []
 
     def save() -> None:
@@ -178,7 +178,7 @@ def fingerprint(
             from runtime.distributed import ordered_map
 
             schema = pl.DataFrame(schema=FINGERPRINT_SCHEMA).to_arrow().schema
-            rows = ordered_map(ray, todo, lambda: functools.partial(fingerprint_files, root), workers, schema)
+            rows = ordered_map(ray, todo.to_dicts(), lambda: functools.partial(fingerprint_files, root), workers, schema)
         else:
             pool = stack.enter_context(executor(len(todo), workers))
             computed = in_order(pool, functools.partial(fingerprint_files, root), tasks, 4 * workers)

@@ -71,16 +71,14 @@ def scan(data_root: Path) -> tuple[pl.DataFrame, list[str]]:
         raise LayoutError(f"{data_root}: {'not a folder' if data_root.exists() else 'no such folder'}")
     if not train_tops and not test_tops:
         raise LayoutError(f"{data_root}: holds neither {TRAIN_DIR}/ nor {TEST_DIR}/ (the Kaggle layout)")
-    rows, empty = [], []
+    tables, empty = [], []  # a table per folder: Python rows for one folder at a time, not for a million files
     for folder in class_dirs(data_root):
         files = _files(folder)
         if not files:
             empty.append(folder.relative_to(data_root).as_posix())
-        rows += [_row(p, data_root, "train", folder.name) for p in files]
+        tables.append(pl.DataFrame([_row(p, data_root, "train", folder.name) for p in files], schema=SCAN_SCHEMA))
     for top in test_tops:
-        rows += [
-            _row(p, data_root, "test", label_from_test_name(p))
-            for p in sorted(q for q in top.iterdir() if q.is_file())
-        ]
-    table = pl.DataFrame(rows, schema=SCAN_SCHEMA).unique("path", keep="first").sort("path")
-    return table, empty
+        files = sorted(q for q in top.iterdir() if q.is_file())
+        tables.append(pl.DataFrame([_row(p, data_root, "test", label_from_test_name(p)) for p in files], schema=SCAN_SCHEMA))
+    table = pl.concat(tables) if tables else pl.DataFrame(schema=SCAN_SCHEMA)
+    return table.unique("path", keep="first").sort("path"), empty
