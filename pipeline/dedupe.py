@@ -19,7 +19,7 @@ from pipeline.fingerprint import THUMB_SIZE
 PHASH_MAX_DISTANCE = 12  # of 64 bits: proposes a pair
 EXACT_MAX_FILES = 50_000  # up to here every pair of hashes is compared; beyond, a graph index proposes neighbours
 NEIGHBOURS = 16  # per hash, from the graph index (clusters larger than this stay connected through their members)
-CHUNK = 262_144  # hashes looked up at once: bounds memory on millions of files
+CHUNK = 32_768  # hashes looked up at once: the candidate arrays of a chunk are the grouping's peak memory
 VERIFY_CHUNK = 16_384  # pairs whose thumbnails are compared at once
 THUMB_MAX_DIFFERENCE = 10.0  # mean absolute 0..255 difference of the RGB thumbnails (THUMB_SIZE): accepts it
 
@@ -162,7 +162,7 @@ def group_near_duplicates(
 ) -> pl.DataFrame:
     """Add ``group`` (the first path of its near-duplicate group; exact duplicates join their
     kept file's group) and ``group_size``. Unreadable files have no group."""
-    ok = df.filter(pl.col("status") == "ok").sort("path")
+    ok = df.filter(pl.col("status") == "ok").select("path", "phash", "thumb").sort("path")  # not a copy of every column
     phash = ok["phash"].cast(pl.UInt64).to_numpy()
     thumbs = np.frombuffer(b"".join(ok["thumb"].to_list()), dtype=np.uint8).reshape(len(ok), THUMB_SIZE**2 * 3)
     pairs = verified(candidate_pairs(phash, max_distance, workers=os.cpu_count() or 1), thumbs, max_difference)

@@ -267,14 +267,17 @@ def test_atomic_writes_keep_the_umask_and_remove_stale_temporaries(tmp_path: Pat
     assert not stale.exists() and mine.exists()
 
 
-def test_graph_index_finds_the_exact_pairs_and_is_deterministic():
+def test_graph_index_finds_the_exact_pairs_and_is_deterministic(monkeypatch):
     """Beyond EXACT_MAX_FILES the HNSW index proposes pairs; on clustered fingerprints it must
-    find >= 99.5% of the verified pairs the exact search finds, the same groups, every time."""
+    find >= 99.5% of the verified pairs the exact search finds, the same groups, every time
+    (whatever the thread count and the lookup chunk)."""
+    from pipeline import dedupe
     from pipeline.dedupe import THUMB_MAX_DIFFERENCE, candidate_pairs, connected_components, verified
 
     phash, thumbs = synth.fingerprints(6000, seed=3)
     exact = verified(candidate_pairs(phash, 12), thumbs, THUMB_MAX_DIFFERENCE)
     graph = verified(candidate_pairs(phash, 12, exact_max=0), thumbs, THUMB_MAX_DIFFERENCE)
+    monkeypatch.setattr(dedupe, "CHUNK", 1000)  # lookups in 6 chunks
     again = verified(candidate_pairs(phash, 12, exact_max=0, workers=1), thumbs, THUMB_MAX_DIFFERENCE)
     found = {tuple(p) for p in graph.tolist()}
     assert len(exact) > 2000
