@@ -17,7 +17,7 @@ UNKNOWN ?=
 # `make demo`: built-in cartoon data, a small model trained from scratch on the CPU
 DEMO    ?= demo
 DEMO_SYNTH ?= --per-class 50 --unknown 120
-DEMO_TRAIN ?= ARCH=resnet18 WEIGHTS=none EPOCHS=12 IMAGE_SIZE=64 TRAIN_ARGS="--lr 2e-3 --batch-size 32"
+DEMO_TRAIN ?= ARCH=resnet18 WEIGHTS=none EPOCHS=12 IMAGE_SIZE=64
 
 .PHONY: setup test test-fast gpu-check data train evaluate export infer audit web bench demo demo-run summary edge-check clean
 
