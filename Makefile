@@ -17,7 +17,9 @@ UNKNOWN ?=
 # `make demo`: built-in cartoon data, a small model trained from scratch on the CPU
 DEMO    ?= demo
 DEMO_SYNTH ?= --per-class 50 --unknown 120
-DEMO_TRAIN ?= ARCH=resnet18 WEIGHTS=none EPOCHS=12 IMAGE_SIZE=64
+# The scratch recipe, without progressive resizing: the demo's 64 px crops are too small to start
+# at half size (val macro-F1 about 0.82 instead of 0.965 after 12 epochs).
+DEMO_TRAIN ?= ARCH=resnet18 WEIGHTS=none EPOCHS=12 IMAGE_SIZE=64 TRAIN_ARGS="--progressive 1"
 
 .PHONY: setup test test-fast gpu-check data train evaluate export infer audit web bench demo demo-run summary edge-check clean
 
