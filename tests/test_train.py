@@ -31,10 +31,8 @@ def test_loss_falls_and_checkpoint_loads_as_documented(pipeline_run):
     assert list((pipeline_run["run"]).glob("events.out.tfevents.*"))
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(pipeline_run, tmp_path: Path, monkeypatch):
-    args = ["--manifest", pipeline_run["manifest"], *TINY, "--epochs", "2"]
-    assert invoke("train", *args, "--out", tmp_path / "full").exit_code == 0
-
+def interrupted_in_second_epoch(monkeypatch, *args):
+    """``simpsons train ARGS`` with Ctrl-C arriving as the second epoch starts."""
     real, calls = trainer.train_one_epoch, []
 
     def crash_on_second_epoch(*a, **k):
@@ -43,11 +41,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(pipeline_run, tmp
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(trainer, "train_one_epoch", crash_on_second_epoch)
-    result = invoke("train", *args, "--out", tmp_path / "cut")
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "train_one_epoch", crash_on_second_epoch)
+        return invoke("train", *args)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(pipeline_run, tmp_path: Path, monkeypatch):
+    args = ["--manifest", pipeline_run["manifest"], *TINY, "--epochs", "2"]
+    assert invoke("train", *args, "--out", tmp_path / "full").exit_code == 0
+
+    result = interrupted_in_second_epoch(monkeypatch, *args, "--out", tmp_path / "cut")
     assert result.exit_code == 130  # Ctrl-C
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 0
-    monkeypatch.setattr(trainer, "train_one_epoch", real)
     assert invoke("train", "--resume", tmp_path / "cut").exit_code == 0
 
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
@@ -334,17 +339,7 @@ def test_resume_keeps_the_recipe_state(pipeline_run, tmp_path: Path, monkeypatch
     """EMA weights, the mixing schedule and the epochs kept for averaging survive an interruption."""
     args = ["--manifest", pipeline_run["manifest"], *TINY, "--epochs", "3", *RECIPE]
     assert invoke("train", *args, "--out", tmp_path / "full").exit_code == 0
-    real, calls = trainer.train_one_epoch, []
-
-    def crash_on_second_epoch(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", crash_on_second_epoch)
-    assert invoke("train", *args, "--out", tmp_path / "cut").exit_code == 130
-    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    assert interrupted_in_second_epoch(monkeypatch, *args, "--out", tmp_path / "cut").exit_code == 130
     assert invoke("train", "--resume", tmp_path / "cut").exit_code == 0
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
