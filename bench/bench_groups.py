@@ -26,7 +26,7 @@ import json, re, sys, time
 import numpy as np
 sys.path.insert(0, {repo!r})
 from pipeline import synth
-from pipeline.dedupe import THUMB_MAX_DIFFERENCE, candidate_pairs, connected_components, verified
+from pipeline.dedupe import THUMB_MAX_DIFFERENCE, connected_components, near_duplicate_pairs, verified
 n, method, check = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 phash, thumbs = synth.fingerprints(n, seed=1)
 start = time.perf_counter()
@@ -47,13 +47,13 @@ if method == "old":
         if ra != rb: parent[max(ra, rb)] = min(ra, rb)
     groups = np.array([root(i) for i in range(n)])
 else:
-    pairs = verified(candidate_pairs(phash, 12, exact_max=0), thumbs, THUMB_MAX_DIFFERENCE)
+    pairs = near_duplicate_pairs(phash, thumbs, 12, THUMB_MAX_DIFFERENCE, exact_max=0)
     groups = connected_components(n, pairs)
 seconds = time.perf_counter() - start
 peak = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024
 result = {{"n": n, "method": method, "seconds": seconds, "peak_mb": peak, "pairs": len(pairs), "groups": int(len(np.unique(groups)))}}
 if check:
-    exact = verified(candidate_pairs(phash, 12, exact_max=n), thumbs, THUMB_MAX_DIFFERENCE)
+    exact = near_duplicate_pairs(phash, thumbs, 12, THUMB_MAX_DIFFERENCE, exact_max=n)
     key = lambda p: p[:, 0].astype(np.int64) * n + p[:, 1]
     result["pair_recall"] = float(np.isin(key(exact), key(pairs)).mean())
     reference = connected_components(n, exact)

@@ -64,7 +64,7 @@ def naive(data: Path) -> float:
 def manifest(data: Path, out: Path) -> tuple[float, int, int]:
     env = {**os.environ, "SIMPSONS_CACHE": str(out / "cache")}
     start = time.perf_counter()
-    done = subprocess.run(with_peak("pipeline.cli", "manifest", data, "--out", out, "--no-plots"), cwd=REPO, env=env,
+    done = subprocess.run(with_peak("pipeline.launcher", "manifest", data, "--out", out, "--no-plots"), cwd=REPO, env=env,
                           capture_output=True, text=True)
     if done.returncode:
         sys.exit(done.stderr[-2000:])

@@ -101,7 +101,9 @@ def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, kee
              ray: str | None) -> None:
     """Scan DATA_ROOT (Kaggle layout) into OUT/manifest.parquet and OUT/stats.json."""
     from pipeline import manifest as engine
+    from pipeline.launcher import glibc_returns_freed_memory
 
+    glibc_returns_freed_memory()
     config = engine.ManifestConfig(val_fraction=val_fraction, seed=seed, keep_leaks=keep_leaks)
     try:
         summary = engine.run(data_root, out_dir, config, workers=workers, plots=not no_plots, ray=ray)

@@ -9,6 +9,7 @@ distinct frames of different characters.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,7 +20,7 @@ from pipeline.fingerprint import THUMB_SIZE
 PHASH_MAX_DISTANCE = 12  # of 64 bits: proposes a pair
 EXACT_MAX_FILES = 50_000  # up to here every pair of hashes is compared; beyond, a graph index proposes neighbours
 NEIGHBOURS = 16  # per hash, from the graph index (clusters larger than this stay connected through their members)
-CHUNK = 32_768  # hashes looked up at once: the candidate arrays of a chunk are the grouping's peak memory
+CHUNK = 16_384  # hashes looked up at once: one chunk's candidates are the grouping's peak memory
 VERIFY_CHUNK = 16_384  # pairs whose thumbnails are compared at once
 THUMB_MAX_DIFFERENCE = 10.0  # mean absolute 0..255 difference of the RGB thumbnails (THUMB_SIZE): accepts it
 
@@ -29,42 +30,41 @@ def mark_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
     before a training one, then the first path) and mark the others ``duplicate``, naming the
     kept file. The same bytes under two labels are a contradiction no rule can settle (a class
     folder linked to another, a mislabelled copy): every such file is marked ``label_conflict``,
-    naming a file of the other label, and none is used."""
-    readable = pl.col("status") == "ok"
-    labels = df.filter(readable).group_by("hash").agg(pl.col("label").drop_nulls().n_unique().alias("_labels"))
+    naming a file of the other label, and none is used. Decided on four columns, joined back
+    once: the wide table is never copied by a sort or a self-join. Rows keep their order."""
+    ok = df.filter(pl.col("status") == "ok").select("path", "hash", "label", "source")
+    labels = ok.group_by("hash").agg(pl.col("label").drop_nulls().n_unique().alias("_labels"))
+    ok = ok.join(labels, on="hash").with_columns((pl.col("_labels") > 1).alias("_conflict"))
+    conflicted = ok.filter("_conflict").select("hash", "path", "label")
     other = (  # for each file in a conflict: the first path of another label with the same bytes
-        df.filter(readable).select("hash", "path", "label")
-        .join(df.filter(readable).select("hash", pl.col("path").alias("_other"), pl.col("label").alias("_other_label")), on="hash")
+        conflicted.join(conflicted.select("hash", pl.col("path").alias("_other"), pl.col("label").alias("_other_label")), on="hash")
         .filter(pl.col("label") != pl.col("_other_label"))
         .group_by("path").agg(pl.col("_other").min(), pl.col("_other_label").sort_by("_other").first())
     )
-    ranked = df.join(labels, on="hash", how="left").join(other, on="path", how="left").with_columns(
-        (readable & (pl.col("_labels") > 1)).alias("_conflict"),
-        pl.when(pl.col("source") == "test").then(0).otherwise(1).alias("_rank"),
-    ).sort(["_rank", "path"])
     keeper = (
-        ranked.filter(readable & ~pl.col("_conflict"))
+        ok.filter(~pl.col("_conflict"))
+        .sort(pl.col("source") != "test", "path")
         .group_by("hash", maintain_order=True)
         .agg(pl.col("path").first().alias("_keeper"))
     )
+    decisions = (
+        ok.join(keeper, on="hash", how="left").join(other, on="path", how="left")
+        .select("path", "_conflict", "_other", "_other_label",
+                pl.when(~pl.col("_conflict") & (pl.col("path") != pl.col("_keeper"))).then(pl.col("_keeper")).alias("duplicate_of"))
+    )
+    conflict = pl.col("_conflict").fill_null(False)
     return (
-        ranked.join(keeper, on="hash", how="left")
+        df.join(decisions, on="path", how="left", maintain_order="left")
         .with_columns(
-            pl.when(readable & ~pl.col("_conflict") & (pl.col("path") != pl.col("_keeper")))
-            .then(pl.col("_keeper"))
-            .alias("duplicate_of")
-        )
-        .with_columns(
-            pl.when(pl.col("_conflict")).then(pl.lit("label_conflict"))
+            pl.when(conflict).then(pl.lit("label_conflict"))
             .when(pl.col("duplicate_of").is_not_null()).then(pl.lit("duplicate"))
             .otherwise(pl.col("status")).alias("status"),
-            pl.when(pl.col("_conflict")).then(pl.format("same bytes as {} (label {})", pl.col("_other"), pl.col("_other_label")))
+            pl.when(conflict).then(pl.format("same bytes as {} (label {})", pl.col("_other"), pl.col("_other_label")))
             .when(pl.col("duplicate_of").is_not_null()).then(pl.format("same bytes as {}", pl.col("duplicate_of")))
             .otherwise(pl.col("reason"))
             .alias("reason"),
         )
-        .drop("_rank", "_keeper", "_labels", "_conflict", "_other", "_other_label")
-        .sort("path")
+        .drop("_conflict", "_other", "_other_label")
     )
 
 
@@ -91,8 +91,9 @@ def _ordered_unique(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return np.stack([key // n, key % n], axis=1)
 
 
-def candidate_pairs(phash: np.ndarray, max_distance: int, exact_max: int = EXACT_MAX_FILES, workers: int = 2) -> np.ndarray:
-    """Pairs (i, j), i < j, whose hashes differ in at most ``max_distance`` bits.
+def candidate_chunks(phash: np.ndarray, max_distance: int, exact_max: int = EXACT_MAX_FILES, workers: int = 2) -> Iterator[np.ndarray]:
+    """Pairs (i, j), i < j, whose hashes differ in at most ``max_distance`` bits, ``CHUNK``
+    query hashes at a time: whoever consumes them holds one chunk's candidates, not all.
 
     Up to ``exact_max`` hashes every pair is compared (faiss' exact binary range search: a
     second for 50,000). Beyond, graph indexes (HNSW) propose each hash's ``NEIGHBOURS``
@@ -100,19 +101,20 @@ def candidate_pairs(phash: np.ndarray, max_distance: int, exact_max: int = EXACT
     clustered data 99.9%+ of the exact pairs (bench/bench_groups.py). One index per worker,
     over every ``workers``-th hash, each built on its own thread: the cores are used, and the
     same hashes always give the same graphs and pairs (the manifest stays reproducible, which
-    one index built by several threads would not); every hash is then looked up in all of them."""
+    one index built by several threads would not); every hash is then looked up in all of them.
+    A pair can come in two chunks (once from each end)."""
     import faiss
 
     n, codes = len(phash), _codes(phash)
-    if n == 0:
-        return np.empty((0, 2), dtype=np.int64)
     if n <= exact_max:
         faiss.omp_set_num_threads(workers)
         index = faiss.IndexBinaryFlat(64)
         index.add(codes)
-        limits, _, found = index.range_search(codes, max_distance + 1)  # radius is exclusive
-        query = np.repeat(np.arange(n), np.diff(limits).astype(np.int64))
-        return _ordered_unique(query, found.astype(np.int64), n)
+        for start in range(0, n, CHUNK):
+            limits, _, found = index.range_search(codes[start : start + CHUNK], max_distance + 1)  # radius is exclusive
+            query = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64))
+            yield _ordered_unique(query, found.astype(np.int64), n)
+        return
     shards = [np.arange(s, n, workers) for s in range(workers)]
     indexes = [faiss.IndexBinaryHNSW(64, 16) for _ in shards]
     for index in indexes:
@@ -121,14 +123,21 @@ def candidate_pairs(phash: np.ndarray, max_distance: int, exact_max: int = EXACT
     with ThreadPoolExecutor(workers) as pool:  # faiss releases the GIL while it builds
         list(pool.map(lambda job: job[0].add(codes[job[1]]), zip(indexes, shards)))
     faiss.omp_set_num_threads(workers)
-    pairs = []
-    for start in range(0, n, CHUNK):  # results in chunks: memory stays at CHUNK x NEIGHBOURS per index
+    for start in range(0, n, CHUNK):
         query = np.repeat(np.arange(start, min(n, start + CHUNK)), NEIGHBOURS)
         for index, members in zip(indexes, shards):
             distances, found = index.search(codes[start : start + CHUNK], NEIGHBOURS)
             keep = (distances.ravel() <= max_distance) & (found.ravel() >= 0)
-            pairs.append(_ordered_unique(query[keep], members[found.ravel()[keep]], n))
-    return _ordered_unique(*np.concatenate(pairs).T, n)
+            yield _ordered_unique(query[keep], members[found.ravel()[keep]], n)
+
+
+def candidate_pairs(phash: np.ndarray, max_distance: int, exact_max: int = EXACT_MAX_FILES, workers: int = 2) -> np.ndarray:
+    """Every candidate pair at once, sorted (``candidate_chunks`` joined): to compare methods."""
+    return _joined(list(candidate_chunks(phash, max_distance, exact_max, workers)), len(phash))
+
+
+def _joined(chunks: list[np.ndarray], n: int) -> np.ndarray:
+    return _ordered_unique(*np.concatenate(chunks).T, n) if chunks else np.empty((0, 2), dtype=np.int64)
 
 
 def verified(pairs: np.ndarray, thumbs: np.ndarray, max_difference: float) -> np.ndarray:
@@ -140,6 +149,14 @@ def verified(pairs: np.ndarray, thumbs: np.ndarray, max_difference: float) -> np
         difference = (np.maximum(a, b) - np.minimum(a, b)).sum(axis=1, dtype=np.int32)
         keep[start : start + VERIFY_CHUNK] = difference <= max_difference * thumbs.shape[1]
     return pairs[keep]
+
+
+def near_duplicate_pairs(phash: np.ndarray, thumbs: np.ndarray, max_distance: int, max_difference: float,
+                         exact_max: int = EXACT_MAX_FILES, workers: int = 2) -> np.ndarray:
+    """The verified pairs, sorted: each chunk of candidates is checked as it comes, so memory
+    holds the (few) verified pairs, not every candidate (on generated frames 2% of them are kept)."""
+    chunks = [verified(c, thumbs, max_difference) for c in candidate_chunks(phash, max_distance, exact_max, workers)]
+    return _joined(chunks, len(phash))
 
 
 def connected_components(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -162,17 +179,18 @@ def group_near_duplicates(
 ) -> pl.DataFrame:
     """Add ``group`` (the first path of its near-duplicate group; exact duplicates join their
     kept file's group) and ``group_size``. Unreadable files have no group."""
-    ok = df.filter(pl.col("status") == "ok").select("path", "phash", "thumb").sort("path")  # not a copy of every column
+    thumb = pl.col("thumb").bin.reinterpret(dtype=pl.Array(pl.UInt8, THUMB_SIZE**2 * 3))  # no Python object per file
+    ok = df.filter(pl.col("status") == "ok").select("path", "phash", thumb).sort("path")  # not a copy of every column
     phash = ok["phash"].cast(pl.UInt64).to_numpy()
-    thumbs = np.frombuffer(b"".join(ok["thumb"].to_list()), dtype=np.uint8).reshape(len(ok), THUMB_SIZE**2 * 3)
-    pairs = verified(candidate_pairs(phash, max_distance, workers=os.cpu_count() or 1), thumbs, max_difference)
+    thumbs = ok["thumb"].to_numpy().reshape(len(ok), THUMB_SIZE**2 * 3)
+    pairs = near_duplicate_pairs(phash, thumbs, max_distance, max_difference, workers=os.cpu_count() or 1)
     paths = ok["path"]
     groups = pl.DataFrame({"_member": paths, "group": paths.gather(connected_components(len(ok), pairs))})
-    out = df.with_columns(pl.coalesce("duplicate_of", "path").alias("_member")).join(groups, on="_member", how="left")
+    out = df.with_columns(pl.coalesce("duplicate_of", "path").alias("_member")).join(groups, on="_member", how="left", maintain_order="left")
     out = out.with_columns(
         pl.when(pl.col("group").is_not_null()).then(pl.len().over("group")).cast(pl.Int32).alias("group_size")
     )
-    return out.drop("_member").sort("path")
+    return out.drop("_member")
 
 
 def mark_leaks(df: pl.DataFrame, keep_leaks: bool = False) -> pl.DataFrame:

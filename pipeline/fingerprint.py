@@ -189,4 +189,4 @@ def fingerprint(
                 save()
         if chunk:
             save()
-    return pl.concat([hits.select(FINGERPRINT_SCHEMA.keys()).cast(FINGERPRINT_SCHEMA), *fresh]).sort("path")
+    return pl.concat([hits.select(FINGERPRINT_SCHEMA.keys()).cast(FINGERPRINT_SCHEMA), *fresh])  # in no order: build joins it

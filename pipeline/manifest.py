@@ -51,8 +51,9 @@ def class_list(df: pl.DataFrame) -> list[str]:
 
 
 def build(files: pl.DataFrame, fingerprints: pl.DataFrame, config: ManifestConfig) -> tuple[pl.DataFrame, list[str]]:
-    """Scanned files + their fingerprints -> the manifest table and the class list."""
-    df = files.join(fingerprints.drop("size_bytes", "mtime_ns"), on="path", how="left")
+    """Scanned files + their fingerprints -> the manifest table (in path order) and the class
+    list. Each step keeps the row order and copies only the columns it decides on."""
+    df = files.sort("path").join(fingerprints.drop("size_bytes", "mtime_ns"), on="path", how="left", maintain_order="left")
     df = df.with_columns(
         pl.when(pl.col("bad_name")).then(pl.lit("bad_name")).otherwise(pl.col("status")).alias("status"),
         pl.when(pl.col("bad_name")).then(pl.lit("the file or folder name is not valid UTF-8 (shown with \\xNN escapes); rename it"))
@@ -60,11 +61,11 @@ def build(files: pl.DataFrame, fingerprints: pl.DataFrame, config: ManifestConfi
     )
     classes = class_list(df)
     df = dedupe.mark_exact_duplicates(df)
-    df = dedupe.group_near_duplicates(df, config.phash_max_distance, config.thumb_max_difference)
+    df = dedupe.group_near_duplicates(df, config.phash_max_distance, config.thumb_max_difference).drop("thumb")  # its only use
     df = dedupe.mark_leaks(df, config.keep_leaks)
     df = split.mark_unknown_labels(df, classes)
     df = split.assign_split(df, config.val_fraction, config.seed)
-    return df.select(COLUMNS).sort("path"), classes
+    return df.select(COLUMNS), classes
 
 
 def cache_folder(data_root: Path) -> Path:

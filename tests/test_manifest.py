@@ -270,15 +270,15 @@ def test_atomic_writes_keep_the_umask_and_remove_stale_temporaries(tmp_path: Pat
 def test_graph_index_finds_the_exact_pairs_and_is_deterministic(monkeypatch):
     """Beyond EXACT_MAX_FILES the HNSW index proposes pairs; on clustered fingerprints it must
     find >= 99.5% of the verified pairs the exact search finds, the same groups, every time
-    (whatever the thread count and the lookup chunk)."""
+    (whatever the thread count and the lookup chunk, each chunk verified on its own)."""
     from pipeline import dedupe
-    from pipeline.dedupe import THUMB_MAX_DIFFERENCE, candidate_pairs, connected_components, verified
+    from pipeline.dedupe import THUMB_MAX_DIFFERENCE, candidate_pairs, connected_components, near_duplicate_pairs, verified
 
     phash, thumbs = synth.fingerprints(6000, seed=3)
     exact = verified(candidate_pairs(phash, 12), thumbs, THUMB_MAX_DIFFERENCE)
     graph = verified(candidate_pairs(phash, 12, exact_max=0), thumbs, THUMB_MAX_DIFFERENCE)
     monkeypatch.setattr(dedupe, "CHUNK", 1000)  # lookups in 6 chunks
-    again = verified(candidate_pairs(phash, 12, exact_max=0, workers=1), thumbs, THUMB_MAX_DIFFERENCE)
+    again = near_duplicate_pairs(phash, thumbs, 12, THUMB_MAX_DIFFERENCE, exact_max=0, workers=1)
     found = {tuple(p) for p in graph.tolist()}
     assert len(exact) > 2000
     assert len(found & {tuple(p) for p in exact.tolist()}) >= 0.995 * len(exact)
@@ -286,12 +286,15 @@ def test_graph_index_finds_the_exact_pairs_and_is_deterministic(monkeypatch):
     assert np.array_equal(connected_components(6000, exact), connected_components(6000, graph))
 
 
-def test_exact_search_equals_comparing_every_pair():
+def test_exact_search_equals_comparing_every_pair(monkeypatch):
+    from pipeline import dedupe
     from pipeline.dedupe import candidate_pairs, connected_components
 
     phash, _ = synth.fingerprints(1500, seed=4, max_flip=14)
     distance = np.bitwise_count(phash[:, None] ^ phash[None, :])
     i, j = np.nonzero(np.triu(distance <= 12, k=1))
+    assert np.array_equal(candidate_pairs(phash, 12), np.stack([i, j], axis=1))
+    monkeypatch.setattr(dedupe, "CHUNK", 400)  # queries in 4 chunks: pairs found from either end count once
     assert np.array_equal(candidate_pairs(phash, 12), np.stack([i, j], axis=1))
     parent = connected_components(5, np.array([[3, 4], [1, 3]]))
     assert parent.tolist() == [0, 1, 2, 1, 1]
