@@ -24,10 +24,10 @@ AUGMENTS = ("none", "trivial", "randaugment")
 RECIPES = {
     # --weights none: everything is learnt from these images. Chosen by bench/bench_recipe.py
     # (BENCHMARKS.md): 12 epochs leave a from-scratch model under-fitted, so the regularisers
-    # did not win (TrivialAugment cost F1, mixup/cutmix no gain, random erasing undecided after
-    # 2 seeds) and stay off; EMA, checkpoint averaging and a larger eval size changed nothing;
+    # did not win over 3 seeds (TrivialAugment cost F1, mixup/cutmix and random erasing no
+    # gain) and stay off; EMA, checkpoint averaging and a larger eval size changed nothing;
     # progressive resizing from half size saves a sixth of the time and gave the best mean and
-    # the best worst seed over 3 seeds.
+    # the best worst seed.
     "scratch": {
         "lr": 2e-3, "batch_size": 32, "weight_decay": 0.05, "warmup_epochs": 1.0, "label_smoothing": 0.1,
         "backbone_lr": 1.0, "augment": "none", "mixup": 0.0, "cutmix": 0.0, "random_erase": 0.0,
