@@ -3,8 +3,9 @@
 Generated frames (``simpsons synth``: 42 classes of drawn characters, Kaggle layout), drawn
 once into bench/.work/scale. Measured, each in its own process (peak memory = VmHWM):
 1. ``simpsons manifest`` end to end (fingerprint, group, split, stats) on 25k, 50k and 100k
-   files, from an empty cache, against the naive loop (one thread: read, md5, full decode)
-   timed on the same 100k files in the same run: seconds per file and peak memory;
+   files, from an empty cache, against the naive loop (one thread: read, md5, full decode;
+   median of 3 passes) timed on the same 100k files in the same run: seconds per file and
+   peak memory;
 2. ``simpsons-infer`` on the 100k files with a model: images/s over the first and the last
    fifth of the run (from the rows the CSV holds, sampled every 2 s) and peak memory;
 3. the same inference killed half-way and finished with ``--resume``: rows, duplicates.
@@ -19,6 +20,7 @@ import hashlib
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -118,9 +120,11 @@ def main() -> None:
     sets = {share: subset(data, share, root / f"share-{share}") for share in (0.25, 0.5)}
     print(f"{args.files:,} generated frames in {data}")
 
-    baseline = naive(data)
+    passes = [naive(data) for _ in range(3)]  # one pass swung 0.17-0.24 ms/file between runs: the median of 3
+    baseline = statistics.median(passes)
     total = sum(1 for _ in data.rglob("*.jpg"))
-    print(f"\nnaive loop (1 thread: read, md5, full decode): {baseline:.1f}s = {1000 * baseline / total:.2f} ms/file")
+    print(f"\nnaive loop (1 thread: read, md5, full decode), median of {', '.join(f'{p:.1f}' for p in passes)} s: "
+          f"{baseline:.1f}s = {1000 * baseline / total:.2f} ms/file")
     print("| files | manifest seconds | ms per file | vs the naive loop | peak MB |")
     print("|---|---|---|---|---|")
     for share, folder in (*sets.items(), (1.0, data)):
