@@ -9,20 +9,21 @@ import sys
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter
 
+# Why both functions below: the data engine passes through large short-lived tables and arrays
+# one after another, and with the allocators' default caches their sum, not their largest,
+# sets the peak (a 100,000-file manifest: 368 MB against 278 MB, BENCHMARKS.md). Both make
+# freed memory go back to the system at once.
 
-def return_freed_memory() -> None:
-    """Hand freed memory back to the system at once instead of caching it for reuse. The data
-    engine passes through large short-lived tables and arrays one after another; with the
-    allocators' default caches their sum, not their largest, sets the peak (a 100,000-file
-    manifest: 370 MB against 275 MB, BENCHMARKS.md). Polars' jemalloc reads its setting when
-    polars loads, so ``main`` calls this before that. glibc's (numpy, Python) is set only by
-    the data engine's commands: a fixed trim threshold also sends every large array to its own
-    mapping, which frees at once but would fault in fresh pages for each training batch."""
+
+def polars_returns_freed_memory() -> None:
+    """Polars' jemalloc reads this when polars loads, so ``main`` sets it before that."""
     os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
 
 
 def glibc_returns_freed_memory() -> None:
-    """See ``return_freed_memory``; a no-op where the C library is not glibc."""
+    """For numpy and Python; set by the data engine's commands only: a fixed trim threshold also
+    sends every large array to its own mapping, which frees at once but would fault in fresh
+    pages for each training batch. A no-op where the C library is not glibc."""
     try:
         ctypes.CDLL("libc.so.6").mallopt(M_TRIM_THRESHOLD, 128 * 1024)
     except (OSError, AttributeError):
@@ -30,7 +31,7 @@ def glibc_returns_freed_memory() -> None:
 
 
 def main() -> None:
-    return_freed_memory()
+    polars_returns_freed_memory()
     try:
         import click  # noqa: F401
         import polars  # noqa: F401
