@@ -6,9 +6,10 @@ thumbnail check -> connected components). Each size runs in its own process, so 
 memory (VmHWM) is its own. Printed: time, peak memory, the growth exponent between the
 smallest and largest size, and where the exact search is affordable, the share of its
 verified pairs the graph index found and whether the groups are identical. The old method
-(numpy all-pairs in blocks + a Python union-find) is timed at the sizes where it still ends.
+(numpy all-pairs in blocks + a Python union-find) is timed at the sizes where it still ends;
+faiss' exact search (the engine's method up to EXACT_MAX_FILES) up to where the graph catches up.
 
-    .venv/bin/python bench/bench_groups.py [--sizes 100000 300000 1000000] [--old 10000 20000 40000]
+    .venv/bin/python bench/bench_groups.py [--sizes 100000 300000 1000000] [--old 10000 20000 40000] [--exact 100000 200000 300000]
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ if method == "old":
         if ra != rb: parent[max(ra, rb)] = min(ra, rb)
     groups = np.array([root(i) for i in range(n)])
 else:
-    pairs = near_duplicate_pairs(phash, thumbs, 12, THUMB_MAX_DIFFERENCE, exact_max=0)
+    pairs = near_duplicate_pairs(phash, thumbs, 12, THUMB_MAX_DIFFERENCE, exact_max=n if method == "exact" else 0)
     groups = connected_components(n, pairs)
 seconds = time.perf_counter() - start
 peak = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024
@@ -80,19 +81,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     parser.add_argument("--old", type=int, nargs="*", default=[10_000, 20_000, 40_000])
+    parser.add_argument("--exact", type=int, nargs="*", default=[100_000, 200_000, 300_000],
+                        help="time faiss' exact search (the engine's method up to EXACT_MAX_FILES) at these sizes")
     parser.add_argument("--check-up-to", type=int, default=300_000, help="compare with the exact search up to this size")
     args = parser.parse_args()
     print("| method | fingerprints | seconds | peak MB | verified pairs | groups | pairs found vs exact | files in exactly the exact method's group |")
     print("|---|---|---|---|---|---|---|---|")
     results = {}
-    for method, sizes in (("old", args.old), ("graph", args.sizes)):
+    for method, sizes in (("old", args.old), ("exact", args.exact), ("graph", args.sizes)):
         for n in sizes:
             r = run(n, method, method == "graph" and n <= args.check_up_to)
             results[(method, n)] = r
             recall = f"{r['pair_recall']:.4%}" if "pair_recall" in r else ""
             same = ("all" if r["same_groups"] else f"{r['files_same_group']:.4%} of files") if "same_groups" in r else ""
             print(f"| {method} | {n:,} | {r['seconds']:.1f} | {r['peak_mb']} | {r['pairs']:,} | {r['groups']:,} | {recall} | {same} |", flush=True)
-    for method, sizes in (("old", args.old), ("graph", args.sizes)):
+    for method, sizes in (("old", args.old), ("exact", args.exact), ("graph", args.sizes)):
         if len(sizes) >= 2:
             lo, hi = results[(method, sizes[0])], results[(method, sizes[-1])]
             exponent = math.log(hi["seconds"] / lo["seconds"]) / math.log(hi["n"] / lo["n"])

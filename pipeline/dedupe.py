@@ -18,7 +18,7 @@ import polars as pl
 from pipeline.fingerprint import THUMB_SIZE
 
 PHASH_MAX_DISTANCE = 12  # of 64 bits: proposes a pair
-EXACT_MAX_FILES = 50_000  # up to here every pair of hashes is compared; beyond, a graph index proposes neighbours
+EXACT_MAX_FILES = 300_000  # up to here every pair of hashes is compared (as fast as the graph index there, half its memory)
 NEIGHBOURS = 16  # per hash, from the graph index (clusters larger than this stay connected through their members)
 CHUNK = 16_384  # hashes looked up at once: one chunk's candidates are the grouping's peak memory
 VERIFY_CHUNK = 16_384  # pairs whose thumbnails are compared at once
@@ -95,8 +95,9 @@ def candidate_chunks(phash: np.ndarray, max_distance: int, exact_max: int = EXAC
     """Pairs (i, j), i < j, whose hashes differ in at most ``max_distance`` bits, ``CHUNK``
     query hashes at a time: whoever consumes them holds one chunk's candidates, not all.
 
-    Up to ``exact_max`` hashes every pair is compared (faiss' exact binary range search: a
-    second for 50,000). Beyond, graph indexes (HNSW) propose each hash's ``NEIGHBOURS``
+    Up to ``exact_max`` hashes every pair is compared (faiss' exact binary range search: 2.7 s
+    for 100,000, 23 s for 300,000, where the graph index takes as long: bench/bench_groups.py).
+    Beyond, graph indexes (HNSW) propose each hash's ``NEIGHBOURS``
     nearest, kept when within ``max_distance``: about N log N work instead of N^2, and on
     clustered data 99.9%+ of the exact pairs (bench/bench_groups.py). One index per worker,
     over every ``workers``-th hash, each built on its own thread: the cores are used, and the
