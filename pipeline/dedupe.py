@@ -20,7 +20,8 @@ from pipeline.fingerprint import THUMB_SIZE
 PHASH_MAX_DISTANCE = 12  # of 64 bits: proposes a pair
 EXACT_MAX_FILES = 300_000  # up to here every pair of hashes is compared (as fast as the graph index there, half its memory)
 NEIGHBOURS = 16  # per hash, from the graph index (clusters larger than this stay connected through their members)
-CHUNK = 16_384  # hashes looked up at once: one chunk's candidates are the grouping's peak memory
+CHUNK = 16_384  # hashes looked up in the graph at once: NEIGHBOURS candidates each, the grouping's peak memory
+RANGE_CHUNK = 4_096  # hashes looked up at once by the exact search: a hash in a large cluster has thousands
 VERIFY_CHUNK = 16_384  # pairs whose thumbnails are compared at once
 THUMB_MAX_DIFFERENCE = 10.0  # mean absolute 0..255 difference of the RGB thumbnails (THUMB_SIZE): accepts it
 
@@ -92,7 +93,7 @@ def _ordered_unique(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
 
 
 def candidate_chunks(phash: np.ndarray, max_distance: int, exact_max: int = EXACT_MAX_FILES, workers: int = 2) -> Iterator[np.ndarray]:
-    """Pairs (i, j), i < j, whose hashes differ in at most ``max_distance`` bits, ``CHUNK``
+    """Pairs (i, j), i < j, whose hashes differ in at most ``max_distance`` bits, a chunk of
     query hashes at a time: whoever consumes them holds one chunk's candidates, not all.
 
     Up to ``exact_max`` hashes every pair is compared (faiss' exact binary range search: 2.7 s
@@ -111,8 +112,8 @@ def candidate_chunks(phash: np.ndarray, max_distance: int, exact_max: int = EXAC
         faiss.omp_set_num_threads(workers)
         index = faiss.IndexBinaryFlat(64)
         index.add(codes)
-        for start in range(0, n, CHUNK):
-            limits, _, found = index.range_search(codes[start : start + CHUNK], max_distance + 1)  # radius is exclusive
+        for start in range(0, n, RANGE_CHUNK):
+            limits, _, found = index.range_search(codes[start : start + RANGE_CHUNK], max_distance + 1)  # radius is exclusive
             query = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64))
             yield _ordered_unique(query, found.astype(np.int64), n)
         return

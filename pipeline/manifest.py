@@ -50,10 +50,15 @@ def class_list(df: pl.DataFrame) -> list[str]:
     return sorted(df.filter((pl.col("source") == "train") & (pl.col("status") == "ok"))["label"].unique().to_list())
 
 
-def build(files: pl.DataFrame, fingerprints: pl.DataFrame, config: ManifestConfig) -> tuple[pl.DataFrame, list[str]]:
-    """Scanned files + their fingerprints -> the manifest table (in path order) and the class
-    list. Each step keeps the row order and copies only the columns it decides on."""
-    df = files.sort("path").join(fingerprints.drop("size_bytes", "mtime_ns"), on="path", how="left", maintain_order="left")
+def build(files: pl.DataFrame, fingerprints: pl.DataFrame | pl.LazyFrame, config: ManifestConfig) -> tuple[pl.DataFrame, list[str]]:
+    """Scanned files + their fingerprints (a table, or a scan of the cache's file) -> the
+    manifest table (in path order) and the class list. Each step keeps the row order and copies
+    only the columns it decides on."""
+    df = (
+        files.sort("path").lazy()
+        .join(fingerprints.lazy().drop("size_bytes", "mtime_ns"), on="path", how="left", maintain_order="left")
+        .collect()
+    )
     df = df.with_columns(
         pl.when(pl.col("bad_name")).then(pl.lit("bad_name")).otherwise(pl.col("status")).alias("status"),
         pl.when(pl.col("bad_name")).then(pl.lit("the file or folder name is not valid UTF-8 (shown with \\xNN escapes); rename it"))
@@ -90,18 +95,7 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
 
 def _run(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataFrame, empty: list[str],
          workers: int | None, plots: bool, ray: str | None) -> dict:
-    cache = ShardCache(cache_folder(data_root), KEY, FINGERPRINT_SCHEMA)
-    cached = cache.load()
-    fingerprints = fingerprint(
-        files.filter(~pl.col("bad_name")), data_root, cached, cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
-        progress=lambda it, total: progress(it, total, "fingerprinting"), ray=ray,
-    )
-    if len(fingerprints) != len(cached) or len(cache.shards()) > 1:
-        cache.compact(fingerprints)
-    for old in cache.folder.parent.glob("fingerprints-v*"):  # an earlier algorithm's cache is of no use
-        if old != cache.folder:
-            shutil.rmtree(old, ignore_errors=True)
-    df, classes = build(files, fingerprints, config)
+    df, classes = build(files, _fingerprints(data_root, files, workers, ray), config)
     summary = stats.summarise(df, classes, empty, {"data_root": str(data_root.resolve()), **asdict(config)})
     for problem in summary["problems"]:
         if problem["status"] != "label_conflict":  # one line per pair of classes below, not per file
@@ -117,6 +111,23 @@ def _run(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataF
     if plots and not unchanged:
         plots_module.class_distribution(summary["counts"], classes, out_dir)
     return summary
+
+
+def _fingerprints(data_root: Path, files: pl.DataFrame, workers: int | None, ray: str | None) -> pl.LazyFrame:
+    """Fingerprint what the cache lacks, fold the cache into one file and hand the build a scan
+    of it: the table waits on disk, not in memory beside the build's joined copy."""
+    cache = ShardCache(cache_folder(data_root), KEY, FINGERPRINT_SCHEMA)
+    cached = cache.load()
+    fingerprints = fingerprint(
+        files.filter(~pl.col("bad_name")), data_root, cached, cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
+        progress=lambda it, total: progress(it, total, "fingerprinting"), ray=ray,
+    )
+    if len(fingerprints) != len(cached) or len(cache.shards()) != 1:  # after this, one file holds exactly these rows
+        cache.compact(fingerprints)
+    for old in cache.folder.parent.glob("fingerprints-v*"):  # an earlier algorithm's cache is of no use
+        if old != cache.folder:
+            shutil.rmtree(old, ignore_errors=True)
+    return pl.scan_parquet(cache.shards()[0]).cast(FINGERPRINT_SCHEMA)
 
 
 def _read_json(path: Path) -> dict:

@@ -294,7 +294,7 @@ def test_exact_search_equals_comparing_every_pair(monkeypatch):
     distance = np.bitwise_count(phash[:, None] ^ phash[None, :])
     i, j = np.nonzero(np.triu(distance <= 12, k=1))
     assert np.array_equal(candidate_pairs(phash, 12), np.stack([i, j], axis=1))
-    monkeypatch.setattr(dedupe, "CHUNK", 400)  # queries in 4 chunks: pairs found from either end count once
+    monkeypatch.setattr(dedupe, "RANGE_CHUNK", 400)  # queries in 4 chunks: pairs found from either end count once
     assert np.array_equal(candidate_pairs(phash, 12), np.stack([i, j], axis=1))
     parent = connected_components(5, np.array([[3, 4], [1, 3]]))
     assert parent.tolist() == [0, 1, 2, 1, 1]
