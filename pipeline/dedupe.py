@@ -18,7 +18,7 @@ import polars as pl
 from pipeline.fingerprint import THUMB_SIZE
 
 PHASH_MAX_DISTANCE = 12  # of 64 bits: proposes a pair
-EXACT_MAX_FILES = 300_000  # up to here every pair of hashes is compared (as fast as the graph index there, half its memory)
+EXACT_MAX_FILES = 300_000  # up to here every pair of hashes is compared: as fast as the graph index there, less memory
 NEIGHBOURS = 16  # per hash, from the graph index (clusters larger than this stay connected through their members)
 CHUNK = 16_384  # hashes looked up in the graph at once: NEIGHBOURS candidates each, the grouping's peak memory
 RANGE_CHUNK = 4_096  # hashes looked up at once by the exact search: a hash in a large cluster has thousands
