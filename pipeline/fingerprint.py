@@ -158,19 +158,18 @@ def fingerprint(
     chunk_size: int = 256,
     progress: Callable[[Iterator, int], Iterator] = lambda it, total: it,
     ray: str | None = None,
-) -> pl.DataFrame:
-    """Fingerprints for ``files`` (columns KEY): the cached rows whose key still matches, the
-    rest computed in parallel (``TASK_FILES`` files per task, a bounded window of tasks in
-    flight; with ``ray``, on that Ray cluster's workers) and handed to ``save_chunk`` every
-    ``chunk_size`` files, so a run killed half-way keeps its work."""
-    hits = files.select(KEY).join(cached, on=KEY, how="inner") if len(cached) else cached.clear()
-    todo = files.select(KEY).join(hits.select(KEY), on=KEY, how="anti").sort("path")
+) -> int:
+    """Fingerprint the ``files`` (columns KEY) whose key is not among the ``cached`` keys, in
+    parallel (``TASK_FILES`` files per task, a bounded window of tasks in flight; with ``ray``,
+    on that Ray cluster's workers), handing them to ``save_chunk`` every ``chunk_size`` files:
+    a run killed half-way keeps its work, and nothing accumulates here (memory stays flat
+    however many files there are). Returns how many were fingerprinted."""
+    todo = files.select(KEY).join(cached.select(KEY), on=KEY, how="anti").sort("path")
     tasks = (todo.slice(i, TASK_FILES).to_dicts() for i in range(0, len(todo), TASK_FILES))  # Python rows per task only
-    fresh, chunk = [], []
+    chunk = []
 
     def save() -> None:
-        fresh.append(pl.DataFrame(chunk, schema=FINGERPRINT_SCHEMA))
-        save_chunk(fresh[-1])
+        save_chunk(pl.DataFrame(chunk, schema=FINGERPRINT_SCHEMA))
         chunk.clear()
 
     with contextlib.ExitStack() as stack:
@@ -189,4 +188,4 @@ def fingerprint(
                 save()
         if chunk:
             save()
-    return pl.concat([hits.select(FINGERPRINT_SCHEMA.keys()).cast(FINGERPRINT_SCHEMA), *fresh])  # in no order: build joins it
+    return len(todo)

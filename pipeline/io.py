@@ -20,12 +20,13 @@ def write_json(path: Path, data: object) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
 
 
-def write_parquet(path: Path, df: pl.DataFrame) -> None:
-    """Polars reports a failed write (a full disk) as its own error; it is an OSError here, so
-    the commands report it in one line like any other write failure."""
+def write_parquet(path: Path, df: pl.DataFrame | pl.LazyFrame) -> None:
+    """A table, or a query streamed into the file. Polars reports a failed write (a full disk)
+    as its own error; it is an OSError here, so the commands report it in one line like any
+    other write failure."""
     def write(tmp: Path) -> None:
         try:
-            df.write_parquet(tmp, statistics=False)
+            df.lazy().sink_parquet(tmp, statistics=False)
         except pl.exceptions.PolarsError as e:
             code = re.search(r"os error (\d+)", str(e))
             raise OSError(int(code.group(1)) if code else errno.EIO, os.strerror(int(code.group(1))) if code else str(e), str(path)) from None
@@ -43,27 +44,37 @@ class ShardCache:
     def shards(self) -> list[Path]:
         return sorted(self.folder.glob("part-*.parquet")) if self.folder.is_dir() else []
 
-    def load(self) -> pl.DataFrame:
+    def keys(self) -> pl.DataFrame:
+        """The key columns of every row saved so far: all that deciding what to compute needs."""
         frames = []
         for shard in self.shards():
             try:
-                frames.append(pl.read_parquet(shard).cast(self.schema))
+                frames.append(pl.read_parquet(shard, columns=self.key).cast({k: self.schema[k] for k in self.key}))
             except Exception:  # noqa: BLE001 - a damaged cache is only lost work, never an error
                 shard.unlink(missing_ok=True)
         if not frames:
-            return pl.DataFrame(schema=self.schema)
-        return pl.concat(frames).unique(self.key, keep="last", maintain_order=True)
+            return pl.DataFrame(schema={k: self.schema[k] for k in self.key})
+        return pl.concat(frames).unique(self.key)
 
     def save(self, df: pl.DataFrame) -> None:
         shards = self.shards()
         number = int(shards[-1].stem.split("-")[1]) + 1 if shards else 0
         write_parquet(self.folder / f"part-{number:06d}.parquet", df)
 
-    def compact(self, df: pl.DataFrame) -> None:
-        """Replace every shard by one holding exactly ``df`` (the files that still exist)."""
+    def compact(self, keep: pl.DataFrame) -> None:
+        """Replace every shard by one file holding a row for each key in ``keep`` (the files
+        that still exist), streamed from the shards into it: the rows are never all in memory.
+        A key saved twice (two runs over the same data at once) has the same fingerprint both
+        times; only then is the stream de-duplicated, which holds it whole."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        shards = self.shards()
+        rows = pl.scan_parquet(shards).cast(self.schema) if shards else pl.LazyFrame(schema=self.schema)
+        rows = rows.join(keep.lazy().select(self.key), on=self.key, how="semi")
+        if rows.select(self.key).collect().is_duplicated().any():
+            rows = rows.unique(self.key, keep="any")
         merged = self.folder / "merged.parquet"
-        write_parquet(merged, df)
-        for shard in self.shards():
+        write_parquet(merged, rows)
+        for shard in shards:
             shard.unlink()
         merged.rename(self.folder / "part-000000.parquet")
         remove_stale_temporaries(self.folder)

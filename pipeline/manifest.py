@@ -115,15 +115,15 @@ def _run(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataF
 
 def _fingerprints(data_root: Path, files: pl.DataFrame, workers: int | None, ray: str | None) -> pl.LazyFrame:
     """Fingerprint what the cache lacks, fold the cache into one file and hand the build a scan
-    of it: the table waits on disk, not in memory beside the build's joined copy."""
+    of it: the fingerprint table is never whole in memory until the build joins it."""
     cache = ShardCache(cache_folder(data_root), KEY, FINGERPRINT_SCHEMA)
-    cached = cache.load()
-    fingerprints = fingerprint(
-        files.filter(~pl.col("bad_name")), data_root, cached, cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
+    cached, current = cache.keys(), files.filter(~pl.col("bad_name")).select(KEY)
+    computed = fingerprint(
+        current, data_root, cached, cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
         progress=lambda it, total: progress(it, total, "fingerprinting"), ray=ray,
     )
-    if len(fingerprints) != len(cached) or len(cache.shards()) != 1:  # after this, one file holds exactly these rows
-        cache.compact(fingerprints)
+    if computed or len(cached) != len(current) or len(cache.shards()) != 1:  # after this, one file holds exactly these rows
+        cache.compact(current)
     for old in cache.folder.parent.glob("fingerprints-v*"):  # an earlier algorithm's cache is of no use
         if old != cache.folder:
             shutil.rmtree(old, ignore_errors=True)

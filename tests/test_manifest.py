@@ -192,6 +192,23 @@ def test_rerun_reuses_cached_work_even_after_a_crash(dataset: Path, tmp_path: Pa
     assert calls == ["simpsons_dataset/barney_gumble/pic_0003.jpg"]
 
 
+def test_a_cache_saved_twice_gives_one_row_per_file_and_forgets_deleted_ones(dataset: Path, tmp_path: Path):
+    """Two runs over the same data at once both save what they computed, so the cache can hold
+    a file twice; the next run keeps one row per file, in the manifest and in the cache."""
+    out = tmp_path / "out"
+    engine.run(dataset, out, engine.ManifestConfig(), plots=False)
+    (shard,) = engine.cache_folder(dataset).glob("part-*.parquet")
+    shutil.copy(shard, shard.with_name("part-000001.parquet"))  # the other run's shard
+    gone = "simpsons_dataset/barney_gumble/pic_0003.jpg"
+    (dataset / gone).unlink()
+    engine.run(dataset, out, engine.ManifestConfig(), plots=False)
+    manifest = pl.read_parquet(out / "manifest.parquet")
+    (shard,) = engine.cache_folder(dataset).glob("part-*.parquet")
+    cached = pl.read_parquet(shard)
+    assert manifest["path"].is_unique().all() and len(manifest) == sum(p.is_file() for p in dataset.rglob("*"))
+    assert cached["path"].is_unique().all() and len(cached) == len(manifest) and gone not in cached["path"].to_list()
+
+
 def test_writes_stats_and_plots(dataset: Path, tmp_path: Path):
     build(dataset, tmp_path / "out")
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())

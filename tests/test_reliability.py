@@ -166,7 +166,7 @@ def test_write_failures_are_one_line_and_keep_whole_rows(folder: Path, model: Pa
     def disk_full(self, *args, **kwargs):
         raise pl.exceptions.ComputeError("parquet: File out of specification: underlying IO error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(pl.DataFrame, "write_parquet", disk_full)
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", disk_full)
     result = CliRunner().invoke(simpsons, ["manifest", str(data), "--out", str(tmp_path / "out"), "--no-plots"])
     assert result.exit_code == 2 and result.output.strip().endswith("cannot write (No space left on device)")
     assert "simpsons: error:" in result.output and "Traceback" not in result.output
