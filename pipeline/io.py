@@ -46,15 +46,13 @@ class ShardCache:
 
     def keys(self) -> pl.DataFrame:
         """The key columns of every row saved so far: all that deciding what to compute needs."""
-        frames = []
+        schema, frames = {k: self.schema[k] for k in self.key}, []
         for shard in self.shards():
             try:
-                frames.append(pl.read_parquet(shard, columns=self.key).cast({k: self.schema[k] for k in self.key}))
+                frames.append(pl.read_parquet(shard, columns=self.key).cast(schema))
             except Exception:  # noqa: BLE001 - a damaged cache is only lost work, never an error
                 shard.unlink(missing_ok=True)
-        if not frames:
-            return pl.DataFrame(schema={k: self.schema[k] for k in self.key})
-        return pl.concat(frames).unique(self.key)
+        return pl.concat(frames).unique(self.key) if frames else pl.DataFrame(schema=schema)
 
     def save(self, df: pl.DataFrame) -> None:
         shards = self.shards()
