@@ -69,13 +69,14 @@ def mark_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def conflicting_labels(df: pl.DataFrame) -> list[tuple[str, str, int]]:
+def conflicting_labels(df: pl.LazyFrame) -> list[tuple[str, str, int]]:
     """(label, other label, files) for each pair of labels that share identical files."""
     pairs = (
-        df.filter(pl.col("status") == "label_conflict")
+        df.lazy().filter(pl.col("status") == "label_conflict")
         .with_columns(pl.col("reason").str.extract(r"\(label (.+)\)$").alias("_other_label"))
         .with_columns(pl.min_horizontal("label", "_other_label").alias("a"), pl.max_horizontal("label", "_other_label").alias("b"))
         .group_by("a", "b").len().sort("a", "b")
+        .collect()
     )
     return [(a, b, n) for a, b, n in pairs.iter_rows()]
 
@@ -142,22 +143,26 @@ def _joined(chunks: list[np.ndarray], n: int) -> np.ndarray:
     return _ordered_unique(*np.concatenate(chunks).T, n) if chunks else np.empty((0, 2), dtype=np.int64)
 
 
-def verified(pairs: np.ndarray, thumbs: np.ndarray, max_difference: float) -> np.ndarray:
+def verified(pairs: np.ndarray, thumbs: np.ndarray, max_difference: float, rows: np.ndarray | None = None) -> np.ndarray:
     """The pairs whose thumbnails differ by at most ``max_difference`` (mean absolute, 0..255),
-    a slice at a time in uint8 arithmetic: a few MB however many pairs there are."""
+    a slice at a time in uint8 arithmetic: a few MB however many pairs there are. Pair (i, j)
+    compares ``thumbs[rows[i]]`` with ``thumbs[rows[j]]`` (``thumbs[i]`` without ``rows``)."""
     keep = np.zeros(len(pairs), dtype=bool)
     for start in range(0, len(pairs), VERIFY_CHUNK):
-        a, b = thumbs[pairs[start : start + VERIFY_CHUNK, 0]], thumbs[pairs[start : start + VERIFY_CHUNK, 1]]
+        at = pairs[start : start + VERIFY_CHUNK] if rows is None else rows[pairs[start : start + VERIFY_CHUNK]]
+        a, b = thumbs[at[:, 0]], thumbs[at[:, 1]]
         difference = (np.maximum(a, b) - np.minimum(a, b)).sum(axis=1, dtype=np.int32)
         keep[start : start + VERIFY_CHUNK] = difference <= max_difference * thumbs.shape[1]
     return pairs[keep]
 
 
 def near_duplicate_pairs(phash: np.ndarray, thumbs: np.ndarray, max_distance: int, max_difference: float,
-                         exact_max: int = EXACT_MAX_FILES, workers: int = 2) -> np.ndarray:
+                         exact_max: int = EXACT_MAX_FILES, workers: int = 2, rows: np.ndarray | None = None) -> np.ndarray:
     """The verified pairs, sorted: each chunk of candidates is checked as it comes, so memory
-    holds the (few) verified pairs, not every candidate (on generated frames 2% of them are kept)."""
-    chunks = [verified(c, thumbs, max_difference) for c in candidate_chunks(phash, max_distance, exact_max, workers)]
+    holds the (few) verified pairs, not every candidate (on generated frames 2% of them are kept).
+    Hash i's thumbnail is ``thumbs[rows[i]]`` (``thumbs[i]`` without ``rows``): a table's
+    thumbnails serve any subset of its rows without a copy."""
+    chunks = [verified(c, thumbs, max_difference, rows) for c in candidate_chunks(phash, max_distance, exact_max, workers)]
     return _joined(chunks, len(phash))
 
 
@@ -174,20 +179,35 @@ def connected_components(n: int, pairs: np.ndarray) -> np.ndarray:
     return first[labels]
 
 
+def thumbnails(fingerprints: pl.LazyFrame) -> np.ndarray:
+    """Every thumbnail of a fingerprint table, in its row order, as one uint8 array: 192 bytes
+    a file (zeros where a file has none). Read a batch at a time, so the column is never in
+    memory twice, and without a Python object per file."""
+    size = THUMB_SIZE**2 * 3
+    column = pl.col("thumb").fill_null(bytes(size)).bin.reinterpret(dtype=pl.Array(pl.UInt8, size))
+    thumbs = np.empty((fingerprints.select(pl.len()).collect().item(), size), dtype=np.uint8)
+    at = 0
+    for batch in fingerprints.select(column).collect_batches(chunk_size=VERIFY_CHUNK):
+        thumbs[at : at + len(batch)] = batch["thumb"].to_numpy()
+        at += len(batch)
+    return thumbs
+
+
 def group_near_duplicates(
     df: pl.DataFrame,
+    thumbs: np.ndarray,
     max_distance: int = PHASH_MAX_DISTANCE,
     max_difference: float = THUMB_MAX_DIFFERENCE,
 ) -> pl.DataFrame:
     """Add ``group`` (the first path of its near-duplicate group; exact duplicates join their
-    kept file's group) and ``group_size``. Unreadable files have no group."""
-    thumb = pl.col("thumb").bin.reinterpret(dtype=pl.Array(pl.UInt8, THUMB_SIZE**2 * 3))  # no Python object per file
-    ok = df.filter(pl.col("status") == "ok").select("path", "phash", thumb).sort("path")  # not a copy of every column
-    phash = ok["phash"].cast(pl.UInt64).to_numpy()
-    thumbs = ok["thumb"].to_numpy().reshape(len(ok), THUMB_SIZE**2 * 3)
-    pairs = near_duplicate_pairs(phash, thumbs, max_distance, max_difference, workers=os.cpu_count() or 1)
-    paths = ok["path"]
-    groups = pl.DataFrame({"_member": paths, "group": paths.gather(connected_components(len(ok), pairs))})
+    kept file's group) and ``group_size``. Row i's thumbnail is ``thumbs[i]`` (``thumbnails``:
+    beside the table, which never carries them). Unreadable files have no group."""
+    ok = df.get_column("status") == "ok"
+    rows = np.flatnonzero(ok.to_numpy())
+    phash = df.get_column("phash").filter(ok).cast(pl.UInt64).to_numpy()
+    pairs = near_duplicate_pairs(phash, thumbs, max_distance, max_difference, workers=os.cpu_count() or 1, rows=rows)
+    groups = pl.DataFrame({"_member": df.get_column("path").filter(ok), "_component": connected_components(len(rows), pairs)})
+    groups = groups.select("_member", pl.col("_member").min().over("_component").alias("group"))
     out = df.with_columns(pl.coalesce("duplicate_of", "path").alias("_member")).join(groups, on="_member", how="left", maintain_order="left")
     out = out.with_columns(
         pl.when(pl.col("group").is_not_null()).then(pl.len().over("group")).cast(pl.Int32).alias("group_size")

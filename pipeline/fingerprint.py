@@ -31,12 +31,13 @@ THUMB_SIZE = 8  # verification thumbnail, RGB
 TASK_FILES = 16  # files per parallel task: amortises the hand-over to a thread or process
 PROCESS_MIN_FILES = 4000  # from this many files to fingerprint, worker processes beat threads (see executor)
 KEY = ["path", "size_bytes", "mtime_ns"]
+BAD_NAME = "the file or folder name is not valid UTF-8 (shown with \\xNN escapes); rename it"
 
 FINGERPRINT_SCHEMA = {
     "path": pl.String,
     "size_bytes": pl.Int64,
     "mtime_ns": pl.Int64,
-    "status": pl.String,  # ok, unreadable, not_image, corrupt
+    "status": pl.String,  # ok, unreadable, not_image, corrupt, bad_name
     "reason": pl.String,
     "hash": pl.String,  # xxh3-64 of the file's bytes, hex
     "format": pl.String,
@@ -124,8 +125,12 @@ def fingerprint_bytes(data: bytes, name: str) -> dict:
     }
 
 
-def fingerprint_file(root: Path, key: dict) -> dict:
-    """Never raises: a file that cannot be read is a row with a status."""
+def fingerprint_file(root: Path, file: dict) -> dict:
+    """Never raises: a file that cannot be read is a row with a status. ``file``: its KEY and,
+    from the scan, ``bad_name`` (its path is shown escaped and cannot be opened: never read)."""
+    key = {k: file[k] for k in KEY}
+    if file.get("bad_name"):
+        return {**key, "status": "bad_name", "reason": BAD_NAME, "hash": None}
     try:
         data = (root / key["path"]).read_bytes()
     except OSError as e:
@@ -133,9 +138,9 @@ def fingerprint_file(root: Path, key: dict) -> dict:
     return {**key, **fingerprint_bytes(data, key["path"])}
 
 
-def fingerprint_files(root: Path, keys: list[dict]) -> list[dict]:
+def fingerprint_files(root: Path, files: list[dict]) -> list[dict]:
     """One task's worth of files (a thread's or a worker process's)."""
-    return [fingerprint_file(root, key) for key in keys]
+    return [fingerprint_file(root, file) for file in files]
 
 
 def executor(files: int, workers: int) -> Executor:
@@ -159,12 +164,13 @@ def fingerprint(
     progress: Callable[[Iterator, int], Iterator] = lambda it, total: it,
     ray: str | None = None,
 ) -> int:
-    """Fingerprint the ``files`` (columns KEY) whose key is not among the ``cached`` keys, in
-    parallel (``TASK_FILES`` files per task, a bounded window of tasks in flight; with ``ray``,
-    on that Ray cluster's workers), handing them to ``save_chunk`` every ``chunk_size`` files:
-    a run killed half-way keeps its work, and nothing accumulates here (memory stays flat
-    however many files there are). Returns how many were fingerprinted."""
-    todo = files.select(KEY).join(cached.select(KEY), on=KEY, how="anti").sort("path")
+    """Fingerprint the ``files`` (KEY and ``bad_name``) whose key is not among the ``cached``
+    keys, in parallel (``TASK_FILES`` files per task, a bounded window of tasks in flight; with
+    ``ray``, on that Ray cluster's workers), handing them to ``save_chunk`` every ``chunk_size``
+    files, in path order: a run killed half-way keeps its work, nothing accumulates here (memory
+    stays flat however many files there are), and the chunks of one run read one after the other
+    are sorted (``ShardCache.compact`` relies on it). Returns how many were fingerprinted."""
+    todo = files.select(*KEY, "bad_name").join(cached.select(KEY), on=KEY, how="anti").sort("path")
     tasks = (todo.slice(i, TASK_FILES).to_dicts() for i in range(0, len(todo), TASK_FILES))  # Python rows per task only
     chunk = []
 

@@ -4,6 +4,7 @@ fingerprint cache that lets a rerun skip work already done."""
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
@@ -13,7 +14,8 @@ import polars as pl
 
 from runtime.files import atomic_write, remove_stale_temporaries
 
-__all__ = ["ShardCache", "atomic_write", "write_json", "write_parquet"]
+__all__ = ["ShardCache", "atomic_write", "sink_parquet", "write_json", "write_parquet"]
+ROW_GROUP = 4_096  # rows a Parquet writer buffers before it writes them: its memory, whatever the table's length
 
 
 def write_json(path: Path, data: object) -> None:
@@ -21,38 +23,42 @@ def write_json(path: Path, data: object) -> None:
 
 
 def write_parquet(path: Path, df: pl.DataFrame | pl.LazyFrame) -> None:
-    """A table, or a query streamed into the file. Polars reports a failed write (a full disk)
-    as its own error; it is an OSError here, so the commands report it in one line like any
-    other write failure."""
-    def write(tmp: Path) -> None:
-        try:
-            df.lazy().sink_parquet(tmp, statistics=False)
-        except pl.exceptions.PolarsError as e:
-            code = re.search(r"os error (\d+)", str(e))
-            raise OSError(int(code.group(1)) if code else errno.EIO, os.strerror(int(code.group(1))) if code else str(e), str(path)) from None
+    atomic_write(path, lambda tmp: sink_parquet(df, tmp, path))
 
-    atomic_write(path, write)
+
+def sink_parquet(df: pl.DataFrame | pl.LazyFrame, tmp: Path, path: Path) -> None:
+    """A table, or a query streamed into the file ``tmp`` that will become ``path``. Polars
+    reports a failed write (a full disk) as its own error; it is an OSError naming ``path``
+    here, so the commands report it in one line like any other write failure."""
+    try:
+        df.lazy().sink_parquet(tmp, statistics=False, row_group_size=ROW_GROUP)
+    except pl.exceptions.PolarsError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        raise OSError(int(code.group(1)) if code else errno.EIO, os.strerror(int(code.group(1))) if code else str(e), str(path)) from None
 
 
 class ShardCache:
     """A folder of Parquet shards, one per saved chunk; rows with the same key in a later
-    shard win. ``compact`` folds them into one file once a run completes."""
+    shard win. Each chunk is sorted by the key's first column (a path), and the chunks one run
+    saves follow each other in that order. ``compact`` folds them into one file, in that order."""
 
     def __init__(self, folder: Path, key: list[str], schema: dict):
         self.folder, self.key, self.schema = folder, key, schema
+        self.order = key[0]
 
     def shards(self) -> list[Path]:
         return sorted(self.folder.glob("part-*.parquet")) if self.folder.is_dir() else []
 
     def keys(self) -> pl.DataFrame:
-        """The key columns of every row saved so far: all that deciding what to compute needs."""
+        """The key columns of every row saved so far, in the shards' order: all that deciding
+        what to compute needs."""
         schema, frames = {k: self.schema[k] for k in self.key}, []
         for shard in self.shards():
             try:
                 frames.append(pl.read_parquet(shard, columns=self.key).cast(schema))
             except Exception:  # noqa: BLE001 - a damaged cache is only lost work, never an error
                 shard.unlink(missing_ok=True)
-        return pl.concat(frames).unique(self.key) if frames else pl.DataFrame(schema=schema)
+        return pl.concat(frames).unique(self.key, maintain_order=True) if frames else pl.DataFrame(schema=schema)
 
     def save(self, df: pl.DataFrame) -> None:
         shards = self.shards()
@@ -61,18 +67,39 @@ class ShardCache:
 
     def compact(self, keep: pl.DataFrame) -> None:
         """Replace every shard by one file holding a row for each key in ``keep`` (the files
-        that still exist), streamed from the shards into it: the rows are never all in memory.
+        that still exist, sorted) in ``keep``'s order, so a reader can put its columns beside
+        ``keep`` without a join. Streamed from the shards into it: the rows are never all in
+        memory (a semi-join would hold them, ``is_in`` streams; sorted runs merge as streams).
         A key saved twice (two runs over the same data at once) has the same fingerprint both
         times; only then is the stream de-duplicated, which holds it whole."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        shards = self.shards()
-        rows = pl.scan_parquet(shards).cast(self.schema) if shards else pl.LazyFrame(schema=self.schema)
-        rows = rows.join(keep.lazy().select(self.key), on=self.key, how="semi")
-        if rows.select(self.key).collect().is_duplicated().any():
-            rows = rows.unique(self.key, keep="any")
+        shards, key = self.shards(), pl.struct(self.key)
+        runs = self._sorted_runs(shards) or [pl.LazyFrame(schema=self.schema)]
+        rows = functools.reduce(lambda a, b: a.merge_sorted(b, key=self.order), (run.cast(self.schema) for run in runs))
+        rows = rows.filter(key.is_in(keep.select(key.alias("key"))["key"].implode()))
+        saved, distinct = rows.select(pl.len(), key.hash().n_unique()).collect().row(0)  # equal hashes: de-duplicated, to be safe
+        if distinct < saved:
+            rows = rows.unique(self.key, keep="any", maintain_order=True)
         merged = self.folder / "merged.parquet"
         write_parquet(merged, rows)
         for shard in shards:
             shard.unlink()
         merged.rename(self.folder / "part-000000.parquet")
         remove_stale_temporaries(self.folder)
+
+    def _sorted_runs(self, shards: list[Path]) -> list[pl.LazyFrame]:
+        """The shards as scans in order, consecutive shards in one scan while their rows stay
+        sorted (one run's chunks; a run killed and resumed, or new files, start another). A shard
+        unsorted within (written by an earlier version) is sorted on its own."""
+        runs, current, last = [], [], None
+        for shard in shards:
+            column = pl.read_parquet(shard, columns=[self.order])[self.order]
+            if not column.is_sorted():
+                runs.append(pl.scan_parquet(shard).sort(self.order))
+            elif len(column):
+                if current and column[0] < last:
+                    runs.append(pl.scan_parquet(current))
+                    current = []
+                current.append(shard)
+                last = column[-1]
+        return runs + [pl.scan_parquet(current)] if current else runs

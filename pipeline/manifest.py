@@ -20,7 +20,7 @@ import xxhash
 from pipeline import dedupe, split, stats
 from pipeline import plots as plots_module
 from pipeline.fingerprint import FINGERPRINT_SCHEMA, FINGERPRINT_VERSION, KEY, fingerprint
-from pipeline.io import ShardCache, write_json, write_parquet
+from pipeline.io import ShardCache, atomic_write, sink_parquet, write_json
 from pipeline.scan import scan
 from runtime.errors import SimpsonsError
 from runtime.files import Lock, check_writable
@@ -34,6 +34,8 @@ COLUMNS = [
     "path", "label", "split", "status", "reason", "source", "hash", "size_bytes", "width", "height",
     "format", "phash", "group", "group_size", "duplicate_of", "leak", "pixel_mean", "pixel_sq_mean",
 ]
+DECIDED_ON = ["status", "reason", "hash", "phash"]  # the fingerprint columns the decisions read (and the thumbnails)
+CARRIED = ["hash", "format", "width", "height", "pixel_mean", "pixel_sq_mean"]  # into the manifest as they are
 
 
 @dataclass(frozen=True)
@@ -50,27 +52,30 @@ def class_list(df: pl.DataFrame) -> list[str]:
     return sorted(df.filter((pl.col("source") == "train") & (pl.col("status") == "ok"))["label"].unique().to_list())
 
 
-def build(files: pl.DataFrame, fingerprints: pl.DataFrame | pl.LazyFrame, config: ManifestConfig) -> tuple[pl.DataFrame, list[str]]:
-    """Scanned files + their fingerprints (a table, or a scan of the cache's file) -> the
-    manifest table (in path order) and the class list. Each step keeps the row order and copies
-    only the columns it decides on."""
-    df = (
-        files.sort("path").lazy()
-        .join(fingerprints.lazy().drop("size_bytes", "mtime_ns"), on="path", how="left", maintain_order="left")
-        .collect()
-    )
-    df = df.with_columns(
-        pl.when(pl.col("bad_name")).then(pl.lit("bad_name")).otherwise(pl.col("status")).alias("status"),
-        pl.when(pl.col("bad_name")).then(pl.lit("the file or folder name is not valid UTF-8 (shown with \\xNN escapes); rename it"))
-        .otherwise(pl.col("reason")).alias("reason"),
-    )
+def decide(files: pl.DataFrame, fingerprints: pl.LazyFrame, config: ManifestConfig) -> tuple[pl.DataFrame, list[str]]:
+    """Scanned files + their fingerprints (a row for each file, in the same order) -> every
+    decision (status, duplicates, groups, leaks, split) and the class list, taken on the few
+    columns they read (the content hash as a number); the wide ones join the manifest only as
+    it is written. Rows side by side, never joined: a join would hold both tables."""
+    narrow = fingerprints.select(*DECIDED_ON).with_columns(pl.col("hash").str.to_integer(base=16, dtype=pl.UInt64))
+    df = pl.concat([files.select("path", "source", "label", "size_bytes"), narrow.collect()], how="horizontal")
     classes = class_list(df)
     df = dedupe.mark_exact_duplicates(df)
-    df = dedupe.group_near_duplicates(df, config.phash_max_distance, config.thumb_max_difference).drop("thumb")  # its only use
+    df = dedupe.group_near_duplicates(df, dedupe.thumbnails(fingerprints), config.phash_max_distance, config.thumb_max_difference)
     df = dedupe.mark_leaks(df, config.keep_leaks)
     df = split.mark_unknown_labels(df, classes)
-    df = split.assign_split(df, config.val_fraction, config.seed)
-    return df.select(COLUMNS), classes
+    return split.assign_split(df, config.val_fraction, config.seed).drop("hash"), classes
+
+
+def build(files: pl.DataFrame, fingerprints: pl.DataFrame | pl.LazyFrame, config: ManifestConfig) -> tuple[pl.LazyFrame, list[str]]:
+    """Scanned files (in path order) + their fingerprints (a row for each, in the same order: a
+    table, or a scan of the cache's file) -> the manifest as a query that streams into its
+    file, and the class list."""
+    if files.height != fingerprints.lazy().select(pl.len()).collect().item():
+        raise ValueError("build: the fingerprints are not a row for each scanned file")
+    decisions, classes = decide(files, fingerprints.lazy(), config)
+    carried = fingerprints.lazy().select(*CARRIED)
+    return pl.concat([decisions.lazy(), carried], how="horizontal").select(COLUMNS), classes
 
 
 def cache_folder(data_root: Path) -> Path:
@@ -95,8 +100,18 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
 
 def _run(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataFrame, empty: list[str],
          workers: int | None, plots: bool, ray: str | None) -> dict:
-    df, classes = build(files, _fingerprints(data_root, files, workers, ray), config)
-    summary = stats.summarise(df, classes, empty, {"data_root": str(data_root.resolve()), **asdict(config)})
+    manifest, classes = build(files, _fingerprints(data_root, files, workers, ray), config)
+    previous = _read_json(out_dir / STATS)
+
+    def publish(tmp: Path) -> dict:
+        """Stream the manifest into its temporary file and summarise it from there: stats.json
+        is written just before the manifest appears, both only once both are whole."""
+        sink_parquet(manifest, tmp, out_dir / MANIFEST)
+        summary = stats.summarise(pl.scan_parquet(tmp), classes, empty, {"data_root": str(data_root.resolve()), **asdict(config)})
+        write_json(out_dir / STATS, summary)
+        return summary
+
+    summary = atomic_write(out_dir / MANIFEST, publish)
     for problem in summary["problems"]:
         if problem["status"] != "label_conflict":  # one line per pair of classes below, not per file
             log.warning("%s: %s [%s]", problem["path"], problem["reason"], problem["status"])
@@ -104,9 +119,6 @@ def _run(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataF
         log.warning("%s and %s hold %d identical file(s) (a linked or copied folder?): all marked label_conflict and unused", a, b, n)
     for label in summary["empty_classes"]:
         log.warning("class %s has no training image left (see its files' status in the manifest)", label)
-    previous = _read_json(out_dir / STATS)
-    write_parquet(out_dir / MANIFEST, df)
-    write_json(out_dir / STATS, summary)
     unchanged = previous.get("counts") == summary["counts"] and all((out_dir / n).is_file() for n in plots_module.CHARTS)
     if plots and not unchanged:
         plots_module.class_distribution(summary["counts"], classes, out_dir)
@@ -114,15 +126,16 @@ def _run(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataF
 
 
 def _fingerprints(data_root: Path, files: pl.DataFrame, workers: int | None, ray: str | None) -> pl.LazyFrame:
-    """Fingerprint what the cache lacks, fold the cache into one file and hand the build a scan
-    of it: the fingerprint table is never whole in memory until the build joins it."""
+    """Fingerprint what the cache lacks, fold the cache into one file holding a row for each of
+    the ``files`` in their order, and hand the build a scan of it: the fingerprint table is
+    never whole in memory."""
     cache = ShardCache(cache_folder(data_root), KEY, FINGERPRINT_SCHEMA)
-    cached, current = cache.keys(), files.filter(~pl.col("bad_name")).select(KEY)
+    cached, current = cache.keys(), files.select(KEY)
     computed = fingerprint(
-        current, data_root, cached, cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
+        files, data_root, cached, cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
         progress=lambda it, total: progress(it, total, "fingerprinting"), ray=ray,
     )
-    if computed or len(cached) != len(current) or len(cache.shards()) != 1:  # after this, one file holds exactly these rows
+    if computed or len(cache.shards()) != 1 or not cached.equals(current):  # after this, one file: a row per file, in order
         cache.compact(current)
     for old in cache.folder.parent.glob("fingerprints-v*"):  # an earlier algorithm's cache is of no use
         if old != cache.folder:

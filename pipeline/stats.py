@@ -1,4 +1,8 @@
-"""Summaries of the manifest: normalisation statistics, counts, groups and problems."""
+"""Summaries of the manifest: normalisation statistics, counts, groups and problems.
+
+Each is a query over the manifest (a scan of its file): they read a few columns each, so
+summarising a million rows never holds the table.
+"""
 
 from __future__ import annotations
 
@@ -11,30 +15,29 @@ from pipeline.dedupe import conflicting_labels
 SPLITS = ("train", "val", "test")
 
 
-def channel_stats(df: pl.DataFrame) -> tuple[list[float], list[float]]:
+def channel_stats(df: pl.LazyFrame) -> tuple[list[float], list[float]]:
     """Per-channel RGB mean and std (0..1) over the train split, each image weighing the same
     (from its per-image moments: no pixels are held in memory)."""
-    train = df.filter(pl.col("split") == "train")
-    if not len(train):
-        return [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
-    moments = train.select(
+    moments = df.filter(pl.col("split") == "train").select(
         *(pl.col(column).list.get(c).mean().alias(f"{column}{c}") for column in ("pixel_mean", "pixel_sq_mean") for c in range(3))
-    ).row(0)
+    ).collect().row(0)
+    if moments[0] is None:  # no training image
+        return [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
     mean, squares = moments[:3], moments[3:]
     std = [math.sqrt(max(q - m * m, 0.0)) for q, m in zip(squares, mean)]
     return list(mean), std
 
 
-def counts(df: pl.DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:
+def counts(df: pl.LazyFrame, classes: list[str]) -> dict[str, dict[str, int]]:
     """Images per split and class, zero-filled so every class appears."""
-    table = df.filter(pl.col("split").is_in(SPLITS)).group_by("split", "label").len()
+    table = df.filter(pl.col("split").is_in(SPLITS)).group_by("split", "label").len().collect()
     out = {split: dict.fromkeys(classes, 0) for split in SPLITS}
     for split, label, n in table.iter_rows():
         out[split][label] = n
     return out
 
 
-def groups_of(df: pl.DataFrame, column: str) -> list[list[str]]:
+def groups_of(df: pl.LazyFrame, column: str) -> list[list[str]]:
     """Lists of paths that share ``column`` (only groups of two or more)."""
     grouped = (
         df.filter(pl.col(column).is_not_null())
@@ -43,28 +46,29 @@ def groups_of(df: pl.DataFrame, column: str) -> list[list[str]]:
         .filter(pl.col("path").list.len() > 1)
         .sort(pl.col("path").list.first())
     )
-    return grouped["path"].to_list()
+    return grouped.collect()["path"].to_list()
 
 
-def summarise(df: pl.DataFrame, classes: list[str], empty_folders: list[str], config: dict) -> dict:
+def summarise(df: pl.LazyFrame, classes: list[str], empty_folders: list[str], config: dict) -> dict:
     """Everything ``stats.json`` holds: the class list (index = class id) and how the data
     engine judged every file."""
     mean, std = channel_stats(df)
     per_split = counts(df, classes)
-    copies = df.filter(pl.col("duplicate_of").is_not_null()).group_by("duplicate_of").agg(pl.col("path").sort())
+    totals = dict(df.group_by("split").len().collect().iter_rows())
+    copies = df.filter(pl.col("duplicate_of").is_not_null()).group_by("duplicate_of").agg(pl.col("path").sort()).sort("duplicate_of")
     problems = df.filter(~pl.col("status").is_in(["ok", "duplicate", "leak"])).select("path", "status", "reason")
     return {
         "classes": classes,
         "mean": mean,
         "std": std,
         "counts": per_split,
-        "totals": {s: int((df["split"] == s).sum()) for s in (*SPLITS, "excluded")},
-        "status": dict(sorted(df.group_by("status").len().iter_rows())),
-        "exact_duplicate_groups": [[kept, *paths] for kept, paths in copies.sort("duplicate_of").iter_rows()],
+        "totals": {s: totals.get(s, 0) for s in (*SPLITS, "excluded")},
+        "status": dict(sorted(df.group_by("status").len().collect().iter_rows())),
+        "exact_duplicate_groups": [[kept, *paths] for kept, paths in copies.collect().iter_rows()],
         "near_duplicate_groups": groups_of(df.filter(pl.col("group_size") > 1), "group"),
-        "leaks": df.filter(pl.col("leak"))["path"].to_list(),
+        "leaks": df.filter(pl.col("leak")).select("path").collect()["path"].to_list(),
         "label_conflicts": [list(pair) for pair in conflicting_labels(df)],
         "empty_classes": [c for c in classes if per_split["train"][c] == 0],
-        "problems": problems.to_dicts() + [{"path": p, "status": "empty_folder", "reason": "class folder holds no file"} for p in empty_folders],
+        "problems": problems.collect().to_dicts() + [{"path": p, "status": "empty_folder", "reason": "class folder holds no file"} for p in empty_folders],
         "config": config,
     }

@@ -14,8 +14,11 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from runtime.errors import SimpsonsError
+
+T = TypeVar("T")
 
 try:
     import fcntl
@@ -31,15 +34,17 @@ def temporary_path(path: Path) -> Path:
     return tmp
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], T]) -> T:
+    """``write(tmp)``, then ``tmp`` becomes ``path``; returns what ``write`` returned."""
     tmp = temporary_path(path)
     try:
-        write(tmp)
+        result = write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     remove_stale_temporaries(path.parent, path.name)
+    return result
 
 
 def _alive(pid: int) -> bool:

@@ -220,7 +220,7 @@ def test_writes_stats_and_plots(dataset: Path, tmp_path: Path):
 def test_near_duplicate_detection_finds_copies_and_keeps_distinct_frames_apart():
     """The issue's targets: >= 95% of 1/3-scale JPEG-75 copies found, <= 1% of distinct frames
     wrongly merged, measured on 300 varied cartoon frames."""
-    from pipeline.dedupe import group_near_duplicates
+    from pipeline.dedupe import group_near_duplicates, thumbnails
     from pipeline.fingerprint import fingerprint_bytes
 
     looks, rng, rows = synth.class_looks(), random.Random(11), []
@@ -229,7 +229,8 @@ def test_near_duplicate_detection_finds_copies_and_keeps_distinct_frames_apart()
         for kind, data in (("frame", synth.jpeg(img)), ("copy", synth.downscaled_copy(img, 1 / 3, quality=75))):
             rows.append({"path": f"{kind}/{i:03d}.jpg", "source": "train", "duplicate_of": None,
                          **fingerprint_bytes(data, f"{i}.jpg")})
-    df = group_near_duplicates(pl.DataFrame(rows))
+    table = pl.DataFrame(rows)
+    df = group_near_duplicates(table.drop("thumb"), thumbnails(table.lazy()))
     group = dict(zip(df["path"], df["group"]))
     found = np.mean([group[f"frame/{i:03d}.jpg"] == group[f"copy/{i:03d}.jpg"] for i in range(300)])
     frame_groups = [group[f"frame/{i:03d}.jpg"] for i in range(300)]
