@@ -31,42 +31,44 @@ def mark_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
     before a training one, then the first path) and mark the others ``duplicate``, naming the
     kept file. The same bytes under two labels are a contradiction no rule can settle (a class
     folder linked to another, a mislabelled copy): every such file is marked ``label_conflict``,
-    naming a file of the other label, and none is used. Decided on four columns, joined back
-    once: the wide table is never copied by a sort or a self-join. Rows keep their order."""
-    ok = df.filter(pl.col("status") == "ok").select("path", "hash", "label", "source")
-    labels = ok.group_by("hash").agg(pl.col("label").drop_nulls().n_unique().alias("_labels"))
-    ok = ok.join(labels, on="hash").with_columns((pl.col("_labels") > 1).alias("_conflict"))
-    conflicted = ok.filter("_conflict").select("hash", "path", "label")
-    other = (  # for each file in a conflict: the first path of another label with the same bytes
-        conflicted.join(conflicted.select("hash", pl.col("path").alias("_other"), pl.col("label").alias("_other_label")), on="hash")
-        .filter(pl.col("label") != pl.col("_other_label"))
-        .group_by("path").agg(pl.col("_other").min(), pl.col("_other_label").sort_by("_other").first())
+    naming a file of the other label, and none is used. ``df`` is in path order: decided on
+    row numbers, hashes and labels, the paths are looked up once at the end."""
+    ok = df.lazy().with_row_index("_row").filter(pl.col("status") == "ok").select("_row", "hash", "label", "source")
+    per_hash = ok.group_by("hash").agg(
+        (pl.col("label").drop_nulls().n_unique() > 1).alias("_conflict"),
+        pl.coalesce(pl.col("_row").filter(pl.col("source") == "test").min(), pl.col("_row").min()).alias("_keeper"),
     )
-    keeper = (
-        ok.filter(~pl.col("_conflict"))
-        .sort(pl.col("source") != "test", "path")
-        .group_by("hash", maintain_order=True)
-        .agg(pl.col("path").first().alias("_keeper"))
+    rows = ok.join(per_hash, on="hash")
+    conflicted = rows.filter("_conflict").select("_row", "hash", "label")
+    other = (  # for each file in a conflict: the first file of another label with the same bytes
+        conflicted.join(conflicted, on="hash", suffix="_other").filter(pl.col("label") != pl.col("label_other"))
+        .group_by("_row").agg(pl.col("_row_other").min())
     )
-    decisions = (
-        ok.join(keeper, on="hash", how="left").join(other, on="path", how="left")
-        .select("path", "_conflict", "_other", "_other_label",
-                pl.when(~pl.col("_conflict") & (pl.col("path") != pl.col("_keeper"))).then(pl.col("_keeper")).alias("duplicate_of"))
+    decided = (
+        rows.join(other, on="_row", how="left")
+        .select("_row", pl.when(~pl.col("_conflict") & (pl.col("_row") != pl.col("_keeper"))).then("_keeper").alias("_keeper"), "_row_other")
+        .collect()
     )
-    conflict = pl.col("_conflict").fill_null(False)
-    return (
-        df.join(decisions, on="path", how="left", maintain_order="left")
-        .with_columns(
-            pl.when(conflict).then(pl.lit("label_conflict"))
-            .when(pl.col("duplicate_of").is_not_null()).then(pl.lit("duplicate"))
-            .otherwise(pl.col("status")).alias("status"),
-            pl.when(conflict).then(pl.format("same bytes as {} (label {})", pl.col("_other"), pl.col("_other_label")))
-            .when(pl.col("duplicate_of").is_not_null()).then(pl.format("same bytes as {}", pl.col("duplicate_of")))
-            .otherwise(pl.col("reason"))
-            .alias("reason"),
-        )
-        .drop("_conflict", "_other", "_other_label")
-    )
+    paths, labels = df.get_column("path"), df.get_column("label")
+    kept, other_row = (_rows_to(len(df), decided["_row"], decided[c]) for c in ("_keeper", "_row_other"))
+    out = df.with_columns(paths.gather(kept).alias("duplicate_of"), paths.gather(other_row).alias("_other"), labels.gather(other_row).alias("_other_label"))
+    conflict = pl.col("_other").is_not_null()
+    return out.with_columns(
+        pl.when(conflict).then(pl.lit("label_conflict"))
+        .when(pl.col("duplicate_of").is_not_null()).then(pl.lit("duplicate"))
+        .otherwise(pl.col("status")).alias("status"),
+        pl.when(conflict).then(pl.format("same bytes as {} (label {})", pl.col("_other"), pl.col("_other_label")))
+        .when(pl.col("duplicate_of").is_not_null()).then(pl.format("same bytes as {}", pl.col("duplicate_of")))
+        .otherwise(pl.col("reason"))
+        .alias("reason"),
+    ).drop("_other", "_other_label")
+
+
+def _rows_to(n: int, rows: pl.Series, values: pl.Series) -> pl.Series:
+    """A column of ``n`` row numbers to gather: ``values[k]`` on row ``rows[k]``, null elsewhere."""
+    index = np.full(n, -1, dtype=np.int64)
+    index[rows.to_numpy()] = values.fill_null(-1).to_numpy()
+    return pl.Series(index).set(pl.Series(index < 0), None)
 
 
 def conflicting_labels(df: pl.LazyFrame) -> list[tuple[str, str, int]]:
@@ -200,25 +202,34 @@ def group_near_duplicates(
     max_difference: float = THUMB_MAX_DIFFERENCE,
 ) -> pl.DataFrame:
     """Add ``group`` (the first path of its near-duplicate group; exact duplicates join their
-    kept file's group) and ``group_size``. Row i's thumbnail is ``thumbs[i]`` (``thumbnails``:
-    beside the table, which never carries them). Unreadable files have no group."""
+    kept file's group) and ``group_size``. ``df`` is in path order, so a group's first path is
+    its first row: groups are row numbers until the end, never a table joined back. Row i's
+    thumbnail is ``thumbs[i]`` (``thumbnails``: beside the table, which never carries them).
+    Unreadable files have no group."""
+    paths = df.get_column("path")
+    if not paths.is_sorted():
+        raise ValueError("group_near_duplicates: the table is not in path order")
     ok = df.get_column("status") == "ok"
     rows = np.flatnonzero(ok.to_numpy())
     phash = df.get_column("phash").filter(ok).cast(pl.UInt64).to_numpy()
     pairs = near_duplicate_pairs(phash, thumbs, max_distance, max_difference, workers=os.cpu_count() or 1, rows=rows)
-    groups = pl.DataFrame({"_member": df.get_column("path").filter(ok), "_component": connected_components(len(rows), pairs)})
-    groups = groups.select("_member", pl.col("_member").min().over("_component").alias("group"))
-    out = df.with_columns(pl.coalesce("duplicate_of", "path").alias("_member")).join(groups, on="_member", how="left", maintain_order="left")
-    out = out.with_columns(
-        pl.when(pl.col("group").is_not_null()).then(pl.len().over("group")).cast(pl.Int32).alias("group_size")
+    first = np.full(len(df), -1, dtype=np.int64)  # each row's group, as the row of its first path
+    first[rows] = rows[connected_components(len(rows), pairs)]
+    kept = df.get_column("duplicate_of")
+    copies = np.flatnonzero(kept.is_not_null().to_numpy())
+    first[copies] = first[paths.search_sorted(kept.gather(copies)).to_numpy()]
+    size = np.bincount(first[first >= 0], minlength=len(df))
+    grouped = pl.Series(first >= 0)
+    return df.with_columns(
+        paths.gather(pl.Series(first).set(~grouped, None)).alias("group"),
+        pl.Series(size[first], dtype=pl.Int32).set(~grouped, None).alias("group_size"),
     )
-    return out.drop("_member")
 
 
 def mark_leaks(df: pl.DataFrame, keep_leaks: bool = False) -> pl.DataFrame:
     """A training image whose group holds a test image would let the model see the test set:
     mark it ``leak`` (or only flag it, with ``keep_leaks``, to reproduce published numbers)."""
-    test_groups = df.filter((pl.col("source") == "test") & pl.col("group").is_not_null())["group"].unique()
+    test_groups = df.lazy().filter((pl.col("source") == "test") & pl.col("group").is_not_null()).select(pl.col("group").unique()).collect()["group"]
     leak = (pl.col("source") == "train") & pl.col("group").is_in(test_groups.implode()) & (pl.col("status") == "ok")
     out = df.with_columns(leak.alias("leak"))
     if keep_leaks:

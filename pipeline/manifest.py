@@ -49,7 +49,8 @@ class ManifestConfig:
 
 def class_list(df: pl.DataFrame) -> list[str]:
     """Sorted names of the class folders holding at least one readable image; index = class id."""
-    return sorted(df.filter((pl.col("source") == "train") & (pl.col("status") == "ok"))["label"].unique().to_list())
+    ok = df.lazy().filter((pl.col("source") == "train") & (pl.col("status") == "ok"))
+    return sorted(ok.select(pl.col("label").unique()).collect()["label"].to_list())
 
 
 def decide(files: pl.DataFrame, fingerprints: pl.LazyFrame, config: ManifestConfig) -> tuple[pl.DataFrame, list[str]]:

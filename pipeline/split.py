@@ -46,8 +46,7 @@ def assign_split(df: pl.DataFrame, val_fraction: float = 0.15, seed: int = 0) ->
     """``split``: train/val for usable class-folder images, test for usable test images,
     excluded for everything else (its status says why)."""
     usable = (pl.col("status") == "ok")
-    pool = df.filter(usable & (pl.col("source") == "train"))
-    sizes = pool.group_by("label", "group").len().sort("label", "group")
+    sizes = df.lazy().filter(usable & (pl.col("source") == "train")).group_by("label", "group").len().sort("label", "group").collect()
     val_groups: set[str] = set()
     for _, part in sizes.group_by("label", maintain_order=True):
         val_groups |= choose_val_groups(list(zip(part["group"], part["len"])), val_fraction, seed)

@@ -229,7 +229,7 @@ def test_near_duplicate_detection_finds_copies_and_keeps_distinct_frames_apart()
         for kind, data in (("frame", synth.jpeg(img)), ("copy", synth.downscaled_copy(img, 1 / 3, quality=75))):
             rows.append({"path": f"{kind}/{i:03d}.jpg", "source": "train", "duplicate_of": None,
                          **fingerprint_bytes(data, f"{i}.jpg")})
-    table = pl.DataFrame(rows)
+    table = pl.DataFrame(rows).sort("path")
     df = group_near_duplicates(table.drop("thumb"), thumbnails(table.lazy()))
     group = dict(zip(df["path"], df["group"]))
     found = np.mean([group[f"frame/{i:03d}.jpg"] == group[f"copy/{i:03d}.jpg"] for i in range(300)])
