@@ -26,7 +26,7 @@ def folder_of(n: int) -> tuple:
         root.mkdir(parents=True)
         for i in range(n):
             (root / f"{i:06d}.jpg").symlink_to(frames[i % len(frames)])
-    keys = pl.DataFrame({"path": [f"{i:06d}.jpg" for i in range(n)], "size_bytes": [0] * n, "mtime_ns": list(range(n))})
+    keys = pl.DataFrame({"path": [f"{i:06d}.jpg" for i in range(n)], "size_bytes": [0] * n, "mtime_ns": list(range(n)), "bad_name": [False] * n})
     return root, keys
 
 
