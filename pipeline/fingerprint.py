@@ -163,13 +163,13 @@ def fingerprint(
     chunk_size: int = 256,
     progress: Callable[[Iterator, int], Iterator] = lambda it, total: it,
     ray: str | None = None,
-) -> int:
+) -> None:
     """Fingerprint the ``files`` (KEY and ``bad_name``) whose key is not among the ``cached``
     keys, in parallel (``TASK_FILES`` files per task, a bounded window of tasks in flight; with
     ``ray``, on that Ray cluster's workers), handing them to ``save_chunk`` every ``chunk_size``
     files, in path order: a run killed half-way keeps its work, nothing accumulates here (memory
     stays flat however many files there are), and the chunks of one run read one after the other
-    are sorted (``ShardCache.compact`` relies on it). Returns how many were fingerprinted."""
+    are sorted (``ShardCache.compact`` relies on it)."""
     todo = files.select(*KEY, "bad_name").join(cached.select(KEY), on=KEY, how="anti").sort("path")
     tasks = (todo.slice(i, TASK_FILES).to_dicts() for i in range(0, len(todo), TASK_FILES))  # Python rows per task only
     chunk = []
@@ -194,4 +194,3 @@ def fingerprint(
                 save()
         if chunk:
             save()
-    return len(todo)

@@ -130,14 +130,16 @@ def _fingerprints(data_root: Path, files: pl.DataFrame, workers: int | None, ray
     """Fingerprint what the cache lacks, fold the cache into one file holding a row for each of
     the ``files`` in their order, and hand the build a scan of it: the fingerprint table is
     never whole in memory."""
-    cache = ShardCache(cache_folder(data_root), KEY, FINGERPRINT_SCHEMA)
-    cached, current = cache.keys(), files.select(KEY)
-    computed = fingerprint(
-        files, data_root, cached, cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
-        progress=lambda it, total: progress(it, total, "fingerprinting"), ray=ray,
-    )
-    if computed or len(cache.shards()) != 1 or not cached.equals(current):  # after this, one file: a row per file, in order
-        cache.compact(current)
+    cache, current = ShardCache(cache_folder(data_root), KEY, FINGERPRINT_SCHEMA), files.select(KEY)
+    for _ in range(3):  # again only when a shard was found damaged: its files are fingerprinted anew
+        fingerprint(
+            files, data_root, cache.keys(), cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
+            progress=lambda it, total: progress(it, total, "fingerprinting"), ray=ray,
+        )
+        if cache.compact(current):
+            break
+    else:
+        raise ManifestError(f"{cache.folder}: the fingerprint cache is damaged each time it is written (a failing disk?)")
     for old in cache.folder.parent.glob("fingerprints-v*"):  # an earlier algorithm's cache is of no use
         if old != cache.folder:
             shutil.rmtree(old, ignore_errors=True)

@@ -209,6 +209,49 @@ def test_a_cache_saved_twice_gives_one_row_per_file_and_forgets_deleted_ones(dat
     assert cached["path"].is_unique().all() and len(cached) == len(manifest) and gone not in cached["path"].to_list()
 
 
+def test_files_added_among_cached_ones_give_what_a_cold_run_gives(dataset: Path, tmp_path: Path, rng: random.Random):
+    """The cache's file must hold a row per file in path order (the build puts it beside the
+    scan): new files sort between cached ones, so the shards are merged, not appended."""
+    engine.run(dataset, tmp_path / "first", engine.ManifestConfig(), plots=False)
+    for folder in ("abraham_grampa_simpson", "barney_gumble"):
+        save(frame(rng, folder), dataset / "simpsons_dataset" / folder / "pic_0002b.jpg")
+    (dataset / "simpsons_dataset" / "barney_gumble" / "pic_0001.jpg").unlink()
+    build(dataset, tmp_path / "warm")
+    shutil.copytree(dataset, tmp_path / "copy")  # another folder: its own, empty cache
+    build(tmp_path / "copy", tmp_path / "cold")
+    warm, cold = (pl.read_parquet(tmp_path / name / "manifest.parquet") for name in ("warm", "cold"))
+    assert warm.equals(cold)
+    (shard,) = engine.cache_folder(dataset).glob("part-*.parquet")
+    assert pl.read_parquet(shard)["path"].to_list() == warm["path"].to_list()
+
+
+def test_a_cache_damaged_past_its_keys_is_lost_work_not_an_error(dataset: Path, tmp_path: Path, monkeypatch):
+    """A shard whose key columns read but whose other pages do not (disk damage: writes are
+    atomic) is dropped and its files fingerprinted again."""
+    import pipeline.fingerprint as fp
+
+    first, _ = build(dataset, tmp_path / "a")
+    (shard,) = engine.cache_folder(dataset).glob("part-*.parquet")
+    data = shard.read_bytes()
+    for at in range(len(data) // 4, len(data) - 200, 61):  # the first spot where the keys still read and the rest does not
+        shard.write_bytes(data[:at] + bytes(range(64)) + data[at + 64 :])
+        try:
+            pl.read_parquet(shard, columns=fp.KEY)
+        except pl.exceptions.PolarsError:
+            continue
+        try:
+            pl.read_parquet(shard)
+        except pl.exceptions.PolarsError:
+            break
+    else:
+        pytest.fail("no spot damages only the pages after the keys")
+    calls = []
+    real = fp.fingerprint_bytes
+    monkeypatch.setattr(fp, "fingerprint_bytes", lambda data, name: calls.append(name) or real(data, name))
+    again, _ = build(dataset, tmp_path / "b")
+    assert again.equals(first) and len(calls) == len(first)
+
+
 def test_writes_stats_and_plots(dataset: Path, tmp_path: Path):
     build(dataset, tmp_path / "out")
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
