@@ -1,0 +1,94 @@
+"""Where `simpsons manifest` holds its memory: the peak resident memory of each stage.
+
+The manifest's peak (VmHWM, bench_scale.py) says how much, not where. Here the manifest runs
+in its own process from an empty cache, with the allocator settings the command uses, while
+a thread reads VmRSS every 5 ms and charges it to the stage running then (the innermost of
+the stages below). Run on the data roots bench_scale.py draws (25k and 50k are subsets of
+the 100k frames):
+
+    .venv/bin/python bench/bench_stages.py bench/.work/scale/share-0.25 bench/.work/scale/share-0.5 bench/.work/scale/data-100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import REPO
+
+STAGES = [  # (module, function, stage name), in the order they run
+    ("pipeline.manifest", "scan", "scan"),
+    ("pipeline.manifest", "fingerprint", "fingerprinting"),
+    ("pipeline.io", "ShardCache.compact", "compaction"),
+    ("pipeline.manifest", "decide", "decisions"),
+    ("pipeline.dedupe", "thumbnails", "thumbnails"),
+    ("pipeline.dedupe", "group_near_duplicates", "grouping"),
+    ("pipeline.split", "assign_split", "split"),
+    ("pipeline.manifest", "sink_parquet", "writing"),
+    ("pipeline.stats", "summarise", "statistics"),
+]
+
+CHILD = """
+import importlib, json, re, sys, threading, time
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from pipeline.launcher import glibc_returns_freed_memory, polars_returns_freed_memory
+polars_returns_freed_memory(); glibc_returns_freed_memory()  # as `simpsons manifest` runs
+from pipeline import manifest
+
+running, peaks = ["other"], {{}}
+
+def sample():
+    while True:
+        mb = int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024
+        peaks[running[-1]] = max(peaks.get(running[-1], 0), mb)
+        time.sleep(0.005)
+
+def charged(name, function):
+    def run(*args, **kwargs):
+        running.append(name)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            running.pop()
+    return run
+
+for module, attribute, name in {stages!r}:
+    owner = importlib.import_module(module)
+    *classes, function = attribute.split(".")
+    for cls in classes:
+        owner = getattr(owner, cls)
+    setattr(owner, function, charged(name, getattr(owner, function)))
+threading.Thread(target=sample, daemon=True).start()
+manifest.run(Path({data!r}), Path({out!r}), manifest.ManifestConfig(), plots=False)
+print(json.dumps(peaks))
+"""
+
+
+def stage_peaks(data: Path) -> dict[str, int]:
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {**os.environ, "SIMPSONS_CACHE": f"{scratch}/cache"}
+        code = CHILD.format(repo=str(REPO), stages=STAGES, data=str(data), out=f"{scratch}/out")
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", nargs="+", type=Path, help="data roots, smallest first")
+    args = parser.parse_args()
+    peaks = {data: stage_peaks(data) for data in args.data}
+    files = {data: sum(1 for p in data.rglob("*") if p.is_file() or p.is_symlink()) for data in args.data}
+    print("| stage | " + " | ".join(f"{files[d]:,} files, MB" for d in args.data) + " |")
+    print("|---|" + "---|" * len(args.data))
+    for _, _, name in STAGES:
+        print(f"| {name} | " + " | ".join(str(peaks[d].get(name, "-")) for d in args.data) + " |")
+
+
+if __name__ == "__main__":
+    main()
