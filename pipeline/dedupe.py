@@ -1,4 +1,5 @@
-"""Exact duplicates, near-duplicate groups and the leakage rule: pure table -> table.
+"""Exact duplicates, near-duplicate groups and the leakage rule: table -> table, pure (the
+thumbnails the grouping compares come beside the table, as one array).
 
 Near duplicates are the same frame resized or re-encoded (the Kaggle test images are downscaled
 training frames) and consecutive, near-identical frames. A perceptual-hash distance proposes
@@ -23,6 +24,7 @@ NEIGHBOURS = 16  # per hash, from the graph index (clusters larger than this sta
 CHUNK = 16_384  # hashes looked up in the graph at once: NEIGHBOURS candidates each, the grouping's peak memory
 RANGE_CHUNK = 4_096  # hashes looked up at once by the exact search: a hash in a large cluster has thousands
 VERIFY_CHUNK = 16_384  # pairs whose thumbnails are compared at once
+THUMB_BATCH = 16_384  # thumbnails read from the fingerprint table at once
 THUMB_MAX_DIFFERENCE = 10.0  # mean absolute 0..255 difference of the RGB thumbnails (THUMB_SIZE): accepts it
 
 
@@ -31,8 +33,9 @@ def mark_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
     before a training one, then the first path) and mark the others ``duplicate``, naming the
     kept file. The same bytes under two labels are a contradiction no rule can settle (a class
     folder linked to another, a mislabelled copy): every such file is marked ``label_conflict``,
-    naming a file of the other label, and none is used. ``df`` is in path order: decided on
-    row numbers, hashes and labels, the paths are looked up once at the end."""
+    naming a file of another label, and none is used. ``df`` is in path order: decided on row
+    numbers, hashes and labels, the paths are looked up once at the end."""
+    _check_path_order(df, "mark_exact_duplicates")
     ok = df.lazy().with_row_index("_row").filter(pl.col("status") == "ok").select("_row", "hash", "label", "source")
     per_hash = ok.group_by("hash").agg(
         (pl.col("label").drop_nulls().n_unique() > 1).alias("_conflict"),
@@ -44,24 +47,35 @@ def mark_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
         conflicted.join(conflicted, on="hash", suffix="_other").filter(pl.col("label") != pl.col("label_other"))
         .group_by("_row").agg(pl.col("_row_other").min())
     )
-    decided = (
-        rows.join(other, on="_row", how="left")
-        .select("_row", pl.when(~pl.col("_conflict") & (pl.col("_row") != pl.col("_keeper"))).then("_keeper").alias("_keeper"), "_row_other")
-        .collect()
-    )
+    decided = rows.join(other, on="_row", how="left").select(
+        "_row", "_conflict", "_row_other",
+        pl.when(~pl.col("_conflict") & (pl.col("_row") != pl.col("_keeper"))).then(pl.col("_keeper")).alias("_duplicate_of"),
+    ).collect()
     paths, labels = df.get_column("path"), df.get_column("label")
-    kept, other_row = (_rows_to(len(df), decided["_row"], decided[c]) for c in ("_keeper", "_row_other"))
-    out = df.with_columns(paths.gather(kept).alias("duplicate_of"), paths.gather(other_row).alias("_other"), labels.gather(other_row).alias("_other_label"))
-    conflict = pl.col("_other").is_not_null()
+    kept, other_row = (_rows_to(len(df), decided["_row"], decided[c]) for c in ("_duplicate_of", "_row_other"))
+    conflicted_rows = np.zeros(len(df), dtype=bool)
+    conflicted_rows[decided.filter("_conflict")["_row"].to_numpy()] = True
+    out = df.with_columns(
+        paths.gather(kept).alias("duplicate_of"), paths.gather(other_row).alias("_other"), labels.gather(other_row).alias("_other_label"),
+        pl.Series("_conflict", conflicted_rows),
+    )
+    conflict = pl.col("_conflict")
     return out.with_columns(
         pl.when(conflict).then(pl.lit("label_conflict"))
         .when(pl.col("duplicate_of").is_not_null()).then(pl.lit("duplicate"))
         .otherwise(pl.col("status")).alias("status"),
-        pl.when(conflict).then(pl.format("same bytes as {} (label {})", pl.col("_other"), pl.col("_other_label")))
+        pl.when(conflict & pl.col("_other").is_null()).then(pl.lit("no label of its own; same bytes as files of two labels"))
+        .when(conflict).then(pl.format("same bytes as {} (label {})", pl.col("_other"), pl.col("_other_label")))
         .when(pl.col("duplicate_of").is_not_null()).then(pl.format("same bytes as {}", pl.col("duplicate_of")))
         .otherwise(pl.col("reason"))
         .alias("reason"),
-    ).drop("_other", "_other_label")
+    ).drop("_other", "_other_label", "_conflict")
+
+
+def _check_path_order(df: pl.DataFrame, caller: str) -> None:
+    """The row-number logic names a kept file or a group by its first row: right only in path order."""
+    if not df.get_column("path").is_sorted():
+        raise ValueError(f"{caller}: the table is not in path order")
 
 
 def _rows_to(n: int, rows: pl.Series, values: pl.Series) -> pl.Series:
@@ -76,6 +90,7 @@ def conflicting_labels(df: pl.LazyFrame) -> list[tuple[str, str, int]]:
     pairs = (
         df.lazy().filter(pl.col("status") == "label_conflict")
         .with_columns(pl.col("reason").str.extract(r"\(label (.+)\)$").alias("_other_label"))
+        .filter(pl.col("label").is_not_null() & pl.col("_other_label").is_not_null())  # a file of no label is not a pair
         .with_columns(pl.min_horizontal("label", "_other_label").alias("a"), pl.max_horizontal("label", "_other_label").alias("b"))
         .group_by("a", "b").len().sort("a", "b")
         .collect()
@@ -189,7 +204,7 @@ def thumbnails(fingerprints: pl.LazyFrame) -> np.ndarray:
     column = pl.col("thumb").fill_null(bytes(size)).bin.reinterpret(dtype=pl.Array(pl.UInt8, size))
     thumbs = np.empty((fingerprints.select(pl.len()).collect().item(), size), dtype=np.uint8)
     at = 0
-    for batch in fingerprints.select(column).collect_batches(chunk_size=VERIFY_CHUNK):
+    for batch in fingerprints.select(column).collect_batches(chunk_size=THUMB_BATCH):
         thumbs[at : at + len(batch)] = batch["thumb"].to_numpy()
         at += len(batch)
     return thumbs
@@ -206,9 +221,8 @@ def group_near_duplicates(
     its first row: groups are row numbers until the end, never a table joined back. Row i's
     thumbnail is ``thumbs[i]`` (``thumbnails``: beside the table, which never carries them).
     Unreadable files have no group."""
+    _check_path_order(df, "group_near_duplicates")
     paths = df.get_column("path")
-    if not paths.is_sorted():
-        raise ValueError("group_near_duplicates: the table is not in path order")
     ok = df.get_column("status") == "ok"
     rows = np.flatnonzero(ok.to_numpy())
     phash = df.get_column("phash").filter(ok).cast(pl.UInt64).to_numpy()

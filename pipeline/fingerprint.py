@@ -169,7 +169,7 @@ def fingerprint(
     ``ray``, on that Ray cluster's workers), handing them to ``save_chunk`` every ``chunk_size``
     files, in path order: a run killed half-way keeps its work, nothing accumulates here (memory
     stays flat however many files there are), and the chunks of one run read one after the other
-    are sorted (``ShardCache.compact`` relies on it)."""
+    are sorted (``ShardCache.compact`` then merges a few streams, not every chunk)."""
     todo = files.select(*KEY, "bad_name").join(cached.select(KEY), on=KEY, how="anti").sort("path")
     tasks = (todo.slice(i, TASK_FILES).to_dicts() for i in range(0, len(todo), TASK_FILES))  # Python rows per task only
     chunk = []

@@ -38,9 +38,9 @@ def sink_parquet(df: pl.DataFrame | pl.LazyFrame, tmp: Path, path: Path) -> None
 
 
 class ShardCache:
-    """A folder of Parquet shards, one per saved chunk; rows with the same key in a later
-    shard win. Each chunk is sorted by the key's first column (a path), and the chunks one run
-    saves follow each other in that order. ``compact`` folds them into one file, in that order."""
+    """A folder of Parquet shards, one per saved chunk, that ``compact`` folds into one file
+    sorted by the key's first column (a path). Chunks saved sorted, one after the other in that
+    order (as one fingerprinting run saves them), make that fold a merge of a few streams."""
 
     def __init__(self, folder: Path, key: list[str], schema: dict):
         self.folder, self.key, self.schema = folder, key, schema
@@ -50,15 +50,14 @@ class ShardCache:
         return sorted(self.folder.glob("part-*.parquet")) if self.folder.is_dir() else []
 
     def keys(self) -> pl.DataFrame:
-        """The key columns of every row saved so far, in the shards' order: all that deciding
-        what to compute needs."""
+        """The key columns of every row saved so far: all that deciding what to compute needs."""
         schema, frames = self._key_schema(), []
         for shard in self.shards():
             try:
                 frames.append(pl.read_parquet(shard, columns=self.key).cast(schema))
             except Exception:  # noqa: BLE001 - a damaged cache is only lost work, never an error
                 shard.unlink(missing_ok=True)
-        return pl.concat(frames).unique(self.key, maintain_order=True) if frames else pl.DataFrame(schema=schema)
+        return pl.concat(frames).unique(self.key) if frames else pl.DataFrame(schema=schema)
 
     def _key_schema(self) -> dict:
         return {k: self.schema[k] for k in self.key}
@@ -74,8 +73,9 @@ class ShardCache:
         without a join. Streamed from the shards: the rows are never all in memory (a semi-join
         would hold them, ``is_in`` streams; sorted runs merge as streams). A key saved twice
         (two runs over the same data at once) has the same fingerprint both times; only then is
-        the stream de-duplicated, which holds it whole. Returns False when a shard could not be
-        read whole (a damaged disk): it is dropped, and its keys must be computed and compacted again."""
+        the stream de-duplicated, which holds it whole. Returns False when a key of ``keep`` is
+        missing: a shard that could not be read whole (a damaged disk) was dropped, or a key
+        was never saved; the caller computes those and compacts again."""
         self.folder.mkdir(parents=True, exist_ok=True)
         shards, key = self.shards(), pl.struct(self.key)
         runs, lost = self._sorted_runs(shards)
@@ -92,7 +92,7 @@ class ShardCache:
             shard.unlink(missing_ok=True)
         merged.rename(self.folder / "part-000000.parquet")
         remove_stale_temporaries(self.folder)
-        return not lost
+        return not lost and distinct == len(keep)
 
     def _sorted_runs(self, shards: list[Path]) -> tuple[list[pl.LazyFrame], bool]:
         """The shards as scans in order, consecutive shards in one scan while their rows stay

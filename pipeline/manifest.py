@@ -1,8 +1,9 @@
 """The data engine in one visible place: scan -> fingerprint -> duplicates -> near-duplicate
 groups -> leakage -> labels -> split -> statistics, and the files it writes.
 
-``build`` is pure (tables in, table out); ``run`` is the thin shell around it that reads the
-disk, uses the cache and writes ``manifest.parquet``, ``stats.json`` and the plots.
+``build`` is pure (tables in, the manifest out as a query); ``run`` is the thin shell around it
+that reads the disk, uses the cache and streams the query into ``manifest.parquet``, then writes
+``stats.json`` and the plots.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import xxhash
 
 from pipeline import dedupe, split, stats
 from pipeline import plots as plots_module
-from pipeline.fingerprint import FINGERPRINT_SCHEMA, FINGERPRINT_VERSION, KEY, fingerprint
+from pipeline.fingerprint import BAD_NAME, FINGERPRINT_SCHEMA, FINGERPRINT_VERSION, KEY, fingerprint
 from pipeline.io import ShardCache, atomic_write, sink_parquet, write_json
 from pipeline.scan import scan
 from runtime.errors import SimpsonsError
-from runtime.files import Lock, check_writable
+from runtime.files import BusyError, Lock, check_writable
 from runtime.progress import progress
 
 log = logging.getLogger("simpsons.manifest")
@@ -34,7 +35,7 @@ COLUMNS = [
     "path", "label", "split", "status", "reason", "source", "hash", "size_bytes", "width", "height",
     "format", "phash", "group", "group_size", "duplicate_of", "leak", "pixel_mean", "pixel_sq_mean",
 ]
-DECIDED_ON = ["status", "reason", "hash", "phash"]  # the fingerprint columns the decisions read (and the thumbnails)
+DECIDED_ON = ["status", "reason", "hash", "phash"]  # the fingerprint columns the decisions read (thumbnails: dedupe.thumbnails)
 CARRIED = ["hash", "format", "width", "height", "pixel_mean", "pixel_sq_mean"]  # into the manifest as they are
 
 
@@ -59,7 +60,11 @@ def decide(files: pl.DataFrame, fingerprints: pl.LazyFrame, config: ManifestConf
     columns they read (the content hash as a number); the wide ones join the manifest only as
     it is written. Rows side by side, never joined: a join would hold both tables."""
     narrow = fingerprints.select(*DECIDED_ON).with_columns(pl.col("hash").str.to_integer(base=16, dtype=pl.UInt64))
-    df = pl.concat([files.select("path", "source", "label", "size_bytes"), narrow.collect()], how="horizontal")
+    df = pl.concat([files.select("path", "source", "label", "size_bytes", "bad_name"), narrow.collect()], how="horizontal")
+    df = df.with_columns(  # the scan's word, not the cache's: a name escaped like another's shares its key
+        pl.when(pl.col("bad_name")).then(pl.lit("bad_name")).otherwise(pl.col("status")).alias("status"),
+        pl.when(pl.col("bad_name")).then(pl.lit(BAD_NAME)).otherwise(pl.col("reason")).alias("reason"),
+    ).drop("bad_name")
     classes = class_list(df)
     df = dedupe.mark_exact_duplicates(df)
     df = dedupe.group_near_duplicates(df, dedupe.thumbnails(fingerprints), config.phash_max_distance, config.thumb_max_difference)
@@ -71,7 +76,8 @@ def decide(files: pl.DataFrame, fingerprints: pl.LazyFrame, config: ManifestConf
 def build(files: pl.DataFrame, fingerprints: pl.DataFrame | pl.LazyFrame, config: ManifestConfig) -> tuple[pl.LazyFrame, list[str]]:
     """Scanned files (in path order) + their fingerprints (a row for each, in the same order: a
     table, or a scan of the cache's file) -> the manifest as a query that streams into its
-    file, and the class list."""
+    file, and the class list. The query reads the fingerprints when it runs: ``run`` holds the
+    cache's lock until then."""
     if files.height != fingerprints.lazy().select(pl.len()).collect().item():
         raise ValueError("build: the fingerprints are not a row for each scanned file")
     decisions, classes = decide(files, fingerprints.lazy(), config)
@@ -95,8 +101,19 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
     status and one warning line each; nothing here stops on a bad file."""
     files, empty = scan(data_root)
     check_writable(out_dir)
-    with Lock(out_dir / MANIFEST):  # a second run into the same folder is refused, not interleaved
+    with Lock(out_dir / MANIFEST), _cache_lock(data_root):  # a second run into the same folder is refused, not interleaved
         return _run(data_root, out_dir, config, files, empty, workers, plots, ray)
+
+
+def _cache_lock(data_root: Path) -> Lock:
+    """Runs over the same data share its fingerprint cache, one at a time from fingerprinting
+    to the written manifest (the build reads the cache's file as it streams): a second run
+    waits, then finds the work done."""
+    try:
+        return Lock(cache_folder(data_root).parent)
+    except BusyError:
+        log.warning("%s: another run is using this data's fingerprint cache; waiting for it to finish", data_root)
+        return Lock(cache_folder(data_root).parent, wait=True)
 
 
 def _run(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataFrame, empty: list[str],
@@ -139,7 +156,7 @@ def _fingerprints(data_root: Path, files: pl.DataFrame, workers: int | None, ray
         if cache.compact(current):
             break
     else:
-        raise ManifestError(f"{cache.folder}: the fingerprint cache is damaged each time it is written (a failing disk?)")
+        raise CacheError(f"{cache.folder}: the fingerprint cache lacks files each time it is written (a failing disk?)")
     for old in cache.folder.parent.glob("fingerprints-v*"):  # an earlier algorithm's cache is of no use
         if old != cache.folder:
             shutil.rmtree(old, ignore_errors=True)
@@ -155,6 +172,10 @@ def _read_json(path: Path) -> dict:
 
 class ManifestError(SimpsonsError):
     """A file given as a manifest is not one."""
+
+
+class CacheError(SimpsonsError):
+    """The fingerprint cache cannot be written back whole."""
 
 
 def read(manifest: Path) -> tuple[pl.DataFrame, dict]:

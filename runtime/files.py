@@ -87,16 +87,17 @@ class BusyError(SimpsonsError):
 
 class Lock:
     """An exclusive ``flock`` on ``.NAME.lock`` beside an output, held until ``release``. The
-    kernel drops it when the process dies, so a killed run never leaves a stale lock."""
+    kernel drops it when the process dies, so a killed run never leaves a stale lock. Taken
+    at once or refused (``BusyError``); with ``wait``, waited for."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, wait: bool = False):
         self.file = None
         if fcntl is None:  # Windows: no advisory locks here; outputs are still written atomically
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path.with_name(f".{path.name}.lock"), "a+")
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             self.file.close()
             raise BusyError(f"{path} is being written by another run; wait for it to finish or choose another output") from None

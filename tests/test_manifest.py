@@ -252,6 +252,61 @@ def test_a_cache_damaged_past_its_keys_is_lost_work_not_an_error(dataset: Path, 
     assert again.equals(first) and len(calls) == len(first)
 
 
+def test_a_second_run_over_the_same_data_waits_for_the_first(dataset: Path, tmp_path: Path, monkeypatch):
+    """The build reads the cache's one file as it streams the manifest; another run's compaction
+    would replace it underneath, so runs over the same data take turns."""
+    import threading
+
+    from runtime.files import Lock
+
+    waiting = threading.Event()
+    monkeypatch.setattr(engine.log, "warning", lambda message, *args: waiting.set() if "waiting" in message else None)
+    first = Lock(engine.cache_folder(dataset).parent)  # the first run, mid-way
+    second = threading.Thread(target=engine.run, args=(dataset, tmp_path / "b", engine.ManifestConfig()), kwargs={"plots": False})
+    second.start()
+    assert waiting.wait(30) and second.is_alive() and not (tmp_path / "b" / "manifest.parquet").exists()
+    first.release()
+    second.join(60)
+    assert (tmp_path / "b" / "manifest.parquet").exists()
+
+
+def test_compaction_gives_exactly_the_kept_keys_in_order(tmp_path: Path):
+    """Whatever the shards hold (an unsorted shard an earlier version wrote, a stale size, a key
+    saved twice, runs that interleave), the one file is the kept keys in their order; a key no
+    shard holds makes it say so."""
+    from pipeline.io import ShardCache
+
+    schema = {"path": pl.String, "size_bytes": pl.Int64, "mtime_ns": pl.Int64, "value": pl.Int64}
+    cache = ShardCache(tmp_path / "cache", ["path", "size_bytes", "mtime_ns"], schema)
+
+    def rows(*paths: str, size: int = 1) -> pl.DataFrame:
+        return pl.DataFrame({"path": list(paths), "size_bytes": size, "mtime_ns": 0, "value": [ord(p[0]) for p in paths]}, schema=schema)
+
+    cache.save(rows("d", "b"))  # unsorted
+    cache.save(rows("a", "c", size=2))  # stale sizes for a and c
+    cache.save(rows("a", "c", "e"))  # one run
+    cache.save(rows("b", "f"))  # another run, interleaving; b again
+    keep = rows("a", "b", "c", "d", "e", "f").select("path", "size_bytes", "mtime_ns")
+    assert cache.compact(keep)
+    (merged,) = cache.shards()
+    assert pl.read_parquet(merged).equals(rows("a", "b", "c", "d", "e", "f"))
+    assert not cache.compact(rows("a", "b", "c", "d", "e", "f", "g").select("path", "size_bytes", "mtime_ns"))
+
+
+def test_same_bytes_under_two_labels_conflict_even_for_a_file_of_no_label():
+    from pipeline.dedupe import mark_exact_duplicates
+
+    table = pl.DataFrame({
+        "path": ["a/1.jpg", "b/1.jpg", "test/x.jpg", "test/y.jpg"],
+        "label": ["a", "b", None, "a"],
+        "source": ["train", "train", "test", "test"],
+        "status": "ok", "reason": None, "hash": [7, 7, 7, 9],
+    })
+    marked = mark_exact_duplicates(table)
+    assert marked["status"].to_list() == ["label_conflict", "label_conflict", "label_conflict", "ok"]
+    assert marked["reason"][0] == "same bytes as b/1.jpg (label b)" and marked["reason"][2] is not None
+
+
 def test_writes_stats_and_plots(dataset: Path, tmp_path: Path):
     build(dataset, tmp_path / "out")
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
