@@ -1,10 +1,11 @@
-"""Where `simpsons manifest` holds its memory: the peak resident memory of each stage.
+"""Where `simpsons manifest` holds its memory and spends its time, stage by stage.
 
 The manifest's peak (VmHWM, bench_scale.py) says how much, not where. Here the manifest runs
 in its own process from an empty cache, with the allocator settings the command uses, while
 a thread reads VmRSS every 5 ms and charges it to the stage running then (the innermost of
-the stages below). Run on the data roots bench_scale.py draws (25k and 50k are subsets of
-the 100k frames):
+the stages below); each stage's seconds are summed over its calls (a stage inside another is
+counted in both). Run on the data roots bench_scale.py draws (25k and 50k are subsets of the
+100k frames):
 
     .venv/bin/python bench/bench_stages.py bench/.work/scale/share-0.25 bench/.work/scale/share-0.5 bench/.work/scale/data-100000
 """
@@ -41,7 +42,7 @@ from pipeline.launcher import glibc_returns_freed_memory, polars_returns_freed_m
 polars_returns_freed_memory(); glibc_returns_freed_memory()  # as `simpsons manifest` runs
 from pipeline import manifest
 
-running, peaks = ["other"], {{}}
+running, peaks, seconds = ["other"], {{}}, {{}}
 
 def sample():
     while True:
@@ -52,9 +53,11 @@ def sample():
 def charged(name, function):
     def run(*args, **kwargs):
         running.append(name)
+        start = time.perf_counter()
         try:
             return function(*args, **kwargs)
         finally:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
             running.pop()
     return run
 
@@ -66,11 +69,11 @@ for module, attribute, name in {stages!r}:
     setattr(owner, function, charged(name, getattr(owner, function)))
 threading.Thread(target=sample, daemon=True).start()
 manifest.run(Path({data!r}), Path({out!r}), manifest.ManifestConfig(), plots=False)
-print(json.dumps(peaks))
+print(json.dumps({{"peaks": peaks, "seconds": seconds}}))
 """
 
 
-def stage_peaks(data: Path) -> dict[str, int]:
+def measure(data: Path) -> dict[str, dict]:
     with tempfile.TemporaryDirectory() as scratch:
         env = {**os.environ, "SIMPSONS_CACHE": f"{scratch}/cache"}
         code = CHILD.format(repo=str(REPO), stages=STAGES, data=str(data), out=f"{scratch}/out")
@@ -82,12 +85,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="+", type=Path, help="data roots, smallest first")
     args = parser.parse_args()
-    peaks = {data: stage_peaks(data) for data in args.data}
+    runs = {data: measure(data) for data in args.data}
     files = {data: sum(1 for p in data.rglob("*") if p.is_file() or p.is_symlink()) for data in args.data}
-    print("| stage | " + " | ".join(f"{files[d]:,} files, MB" for d in args.data) + " |")
+    print("| stage | " + " | ".join(f"{files[d]:,} files: peak MB, s" for d in args.data) + " |")
     print("|---|" + "---|" * len(args.data))
     for _, _, name in STAGES:
-        print(f"| {name} | " + " | ".join(str(peaks[d].get(name, "-")) for d in args.data) + " |")
+        cells = (f"{runs[d]['peaks'].get(name, '-')}, {runs[d]['seconds'].get(name, 0):.1f}" for d in args.data)
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
