@@ -29,17 +29,22 @@ THUMB_MAX_DIFFERENCE = 10.0  # mean absolute 0..255 difference of the RGB thumbn
 
 
 def mark_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
-    """Among readable files with the same bytes and the same label keep one (a test copy
-    before a training one, then the first path) and mark the others ``duplicate``, naming the
-    kept file. The same bytes under two labels are a contradiction no rule can settle (a class
-    folder linked to another, a mislabelled copy): every such file is marked ``label_conflict``,
-    naming a file of another label, and none is used. ``df`` is in path order: decided on row
-    numbers, hashes and labels, the paths are looked up once at the end."""
+    """Among readable files with the same bytes and the same label keep one (a labelled test
+    copy before a training one, a test file of no label last, then the first path) and mark
+    the others ``duplicate``, naming the kept file. The same bytes under two labels are a
+    contradiction no rule can settle (a class folder linked to another, a mislabelled copy):
+    every such file is marked ``label_conflict``, naming a file of another label, and none is
+    used. ``df`` is in path order: decided on row numbers, hashes and labels, the paths are
+    looked up once at the end."""
     _check_path_order(df, "mark_exact_duplicates")
     ok = df.lazy().with_row_index("_row").filter(pl.col("status") == "ok").select("_row", "hash", "label", "source")
     per_hash = ok.group_by("hash").agg(
         (pl.col("label").drop_nulls().n_unique() > 1).alias("_conflict"),
-        pl.coalesce(pl.col("_row").filter(pl.col("source") == "test").min(), pl.col("_row").min()).alias("_keeper"),
+        pl.coalesce(  # a labelled test copy stays in the test set; a test file of no label is never scored
+            pl.col("_row").filter((pl.col("source") == "test") & pl.col("label").is_not_null()).min(),
+            pl.col("_row").filter(pl.col("label").is_not_null()).min(),
+            pl.col("_row").min(),
+        ).alias("_keeper"),
     )
     rows = ok.join(per_hash, on="hash")
     conflicted = rows.filter("_conflict").select("_row", "hash", "label")

@@ -307,6 +307,21 @@ def test_same_bytes_under_two_labels_conflict_even_for_a_file_of_no_label():
     assert marked["reason"][0] == "same bytes as b/1.jpg (label b)" and marked["reason"][2] is not None
 
 
+def test_a_copy_kept_is_one_that_counts():
+    """A labelled test copy stays in the test set (its training twin would leak); a test file
+    of no label is never scored, so a training copy is kept over it."""
+    from pipeline.dedupe import mark_exact_duplicates
+
+    table = pl.DataFrame({
+        "path": ["a/1.jpg", "a/2.jpg", "test/a_1.jpg", "test/x.jpg"],
+        "label": ["a", "a", "a", None],
+        "source": ["train", "train", "test", "test"],
+        "status": "ok", "reason": None, "hash": [5, 7, 5, 7],
+    })
+    marked = mark_exact_duplicates(table)
+    assert marked["duplicate_of"].to_list() == ["test/a_1.jpg", None, None, "a/2.jpg"]
+
+
 def test_writes_stats_and_plots(dataset: Path, tmp_path: Path):
     build(dataset, tmp_path / "out")
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
