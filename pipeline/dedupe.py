@@ -87,6 +87,11 @@ def _rows_to(n: int, rows: pl.Series, values: pl.Series) -> pl.Series:
     """A column of ``n`` row numbers to gather: ``values[k]`` on row ``rows[k]``, null elsewhere."""
     index = np.full(n, -1, dtype=np.int64)
     index[rows.to_numpy()] = values.fill_null(-1).to_numpy()
+    return _gather_index(index)
+
+
+def _gather_index(index: np.ndarray) -> pl.Series:
+    """Row numbers, -1 for none, as an index ``gather`` turns into nulls where there is none."""
     return pl.Series(index).set(pl.Series(index < 0), None)
 
 
@@ -238,10 +243,9 @@ def group_near_duplicates(
     copies = np.flatnonzero(kept.is_not_null().to_numpy())
     first[copies] = first[paths.search_sorted(kept.gather(copies)).to_numpy()]
     size = np.bincount(first[first >= 0], minlength=len(df))
-    grouped = pl.Series(first >= 0)
     return df.with_columns(
-        paths.gather(pl.Series(first).set(~grouped, None)).alias("group"),
-        pl.Series(size[first], dtype=pl.Int32).set(~grouped, None).alias("group_size"),
+        paths.gather(_gather_index(first)).alias("group"),
+        pl.Series(size[first], dtype=pl.Int32).set(pl.Series(first < 0), None).alias("group_size"),
     )
 
 
