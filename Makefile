@@ -7,7 +7,7 @@ SETUP   ?= setup
 DATA    ?= demo/data
 OUT     ?= out
 # Training options are simpsons train's own defaults (ResNet50, ImageNet weights, 224 px, 12
-# epochs: see pipeline/config.py); set one of these to change it.
+# epochs: see pipeline/training/config.py); set one of these to change it.
 ARCH    ?=
 WEIGHTS ?=
 EPOCHS  ?=
@@ -33,6 +33,7 @@ $(VENV)/bin/simpsons: pyproject.toml
 setup: $(VENV)/bin/simpsons
 
 test: $(SETUP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests
 
 # Under a minute: everything that needs no trained model, no demo run and no browser.

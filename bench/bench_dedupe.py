@@ -23,7 +23,7 @@ def main() -> None:
 
     import polars as pl
 
-    from pipeline import manifest as engine
+    from pipeline.engine import manifest as engine
 
     sample = require_sample()
     frames = sorted((sample / "simpsons_dataset").glob("*/*.jpg"))
@@ -37,7 +37,7 @@ def main() -> None:
             img = img.resize((round(img.width / 3), round(img.height / 3)), Image.Resampling.BILINEAR)
             img.save(root / "kaggle_simpson_testset" / f"{frame.parent.name}_{i}.jpg", quality=75)
         engine.run(root, Path(tmp) / "out", engine.ManifestConfig(), plots=False)
-        df, _ = engine.read(Path(tmp) / "out" / engine.MANIFEST)
+        df = engine.read(Path(tmp) / "out" / engine.MANIFEST).table
     leaks = set(df.filter(pl.col("status") == "leak")["path"])
     sources = {f"simpsons_dataset/{f.parent.name}/{f.name}" for f in chosen}
     mixed = df.filter(pl.col("group_size") > 1).group_by("group").agg(pl.col("label").n_unique()).filter(pl.col("label") > 1)

@@ -31,7 +31,7 @@ def folder_of(n: int) -> tuple:
 
 
 def timed(root, keys, processes: bool, workers: int) -> float:
-    from pipeline import fingerprint as fp
+    from pipeline.engine import fingerprint as fp
 
     fp.PROCESS_MIN_FILES = 0 if processes else 10**12
     chunks = []

@@ -27,7 +27,7 @@ import json, re, sys, time
 import numpy as np
 sys.path.insert(0, {repo!r})
 from pipeline import synth
-from pipeline.dedupe import THUMB_MAX_DIFFERENCE, connected_components, near_duplicate_pairs, verified
+from pipeline.engine.dedupe import THUMB_MAX_DIFFERENCE, connected_components, near_duplicate_pairs, verified
 n, method, check = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 phash, thumbs = synth.fingerprints(n, seed=1)
 start = time.perf_counter()

@@ -30,19 +30,18 @@ def rate(n: int, seconds: float) -> float:
 def random_checkpoint(manifest: Path, arch: str, size: int) -> Path:
     import torch
 
-    from pipeline import manifest as engine
-    from pipeline.model import build_model
+    from pipeline.engine import manifest as engine
+    from pipeline.training.checkpoint import Checkpoint
+    from pipeline.training.model import build_model
     from runtime.metadata import Preprocessing
 
     path = WORK / f"{arch}-{size}-random.pt"
     if not path.is_file():
-        _, stats = engine.read(manifest)
-        pre = Preprocessing.for_size(size, stats["mean"], stats["std"])
+        m = engine.read(manifest)
         torch.manual_seed(0)
-        model = build_model(arch, len(stats["classes"]), "none")
-        torch.save({"state_dict": model.state_dict(), "arch": arch, "classes": stats["classes"], "mean": list(pre.mean),
-                    "std": list(pre.std), "image_size": size, "resize_size": pre.resize_size,
-                    "config": {"manifest": str(manifest)}, "config_hash": "random"}, path)
+        model = build_model(arch, len(m.classes), "none")
+        Checkpoint(state_dict=model.state_dict(), arch=arch, classes=m.classes, preprocessing=Preprocessing.for_size(size, m.mean, m.std),
+                   config={"manifest": str(manifest)}, config_hash="random", epoch=0, metrics={}).save(path)
     return path
 
 
@@ -53,11 +52,11 @@ def torch_script_rate(checkpoint: Path, paths: list[str], batch: int) -> float:
     from torchvision import transforms as T
     from PIL import Image
 
-    from pipeline.model import load_checkpoint
+    from pipeline.training.checkpoint import load_model
 
-    model, ckpt = load_checkpoint(checkpoint)
-    transform = T.Compose([T.Resize(ckpt["resize_size"]), T.CenterCrop(ckpt["image_size"]), T.ToTensor(),
-                           T.Normalize(ckpt["mean"], ckpt["std"])])
+    model, ckpt = load_model(checkpoint)
+    pre = ckpt.preprocessing
+    transform = T.Compose([T.Resize(pre.resize_size), T.CenterCrop(pre.image_size), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
     class Files(Dataset):
         def __len__(self):
@@ -84,22 +83,22 @@ def main() -> None:
 
     import torch
 
+    from export.config import ExportConfig
     from export.onnx_export import batches, export, sample_split
-    from pipeline import data, manifest as engine
-    from pipeline.model import checkpoint_preprocessing, load_checkpoint
+    from pipeline.engine import manifest as engine
+    from pipeline.training.checkpoint import load_model
     from runtime import Classifier
 
     manifest = sample_manifest()
     checkpoint = args.checkpoint or random_checkpoint(manifest, "resnet50", args.image_size)
     out = WORK / f"onnx-{checkpoint.parent.name}-{checkpoint.stem}" / "model.onnx"
-    report = export(checkpoint, out, manifest, int8=True, eval_images=2000)
-    table, stats = engine.read(manifest)
-    root = Path(stats["config"]["data_root"])
-    paths = [str(root / p) for p in data.split_rows(table, "train")["path"].to_list()[: args.images]]
-    model, ckpt = load_checkpoint(checkpoint)
-    pre = checkpoint_preprocessing(ckpt)
-    tensors = np.concatenate(list(batches(sample_split(manifest, "train", ckpt["classes"], args.images), pre, 32)))
-    print(f"{ckpt['arch']} {pre.image_size} px, {len(paths)} images, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
+    report = export(ExportConfig(checkpoint=checkpoint, out=out, manifest=manifest, int8=True, eval_images=2000))
+    m = engine.read(manifest)
+    paths = [str(m.data_root() / p) for p in m.rows("train")["path"].to_list()[: args.images]]
+    model, ckpt = load_model(checkpoint)
+    pre = ckpt.preprocessing
+    tensors = np.concatenate(list(batches(sample_split(m, m.data_root(), "train", ckpt.classes, args.images), pre, 32)))
+    print(f"{ckpt.arch} {pre.image_size} px, {len(paths)} images, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
 
     fp32, int8 = Classifier(out, device="cpu"), Classifier(out.with_suffix(".int8.onnx"), device="cpu")
 
@@ -144,7 +143,7 @@ def main() -> None:
     v = report["variants"]
     print(f"accuracy on {report['eval_images']} val images: fp32 {v['fp32']['accuracy']:.4f} (macro-F1 {v['fp32']['macro_f1']:.4f}), "
           f"int8 {v['int8']['accuracy']:.4f} (macro-F1 {v['int8']['macro_f1']:.4f}), int8 agrees with fp32 on "
-          f"{v['int8']['top1_agreement_with_fp32']:.1%}" + ("" if args.checkpoint else " (random weights: accuracy meaningless)"))
+          f"{v['int8']['top1_agreement_with_reference']:.1%}" + ("" if args.checkpoint else " (random weights: accuracy meaningless)"))
 
 
 if __name__ == "__main__":

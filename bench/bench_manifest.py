@@ -55,7 +55,7 @@ def subset(sample: Path, fraction: float, into: Path) -> Path:
 
 
 def main() -> None:
-    from pipeline import manifest as engine
+    from pipeline.engine import manifest as engine
 
     sample = require_sample()
     paths = files(sample)

@@ -47,8 +47,8 @@ def done() -> list[dict]:
 
 
 def run(name: str, seed: int) -> dict:
-    from pipeline.config import TrainConfig
-    from pipeline.train import train
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.train import train
 
     out = WORK / "recipe" / f"{name}-{seed}"
     shutil.rmtree(out, ignore_errors=True)
@@ -60,7 +60,7 @@ def run(name: str, seed: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    from pipeline.config import RECIPES
+    from pipeline.training.config import RECIPES
 
     lines = ["| configuration | options | val macro-F1, mean | spread (min-max) | seeds | time per run (median) | time vs previous |",
              "|---|---|---|---|---|---|---|"]

@@ -23,15 +23,15 @@ from pathlib import Path
 from common import REPO
 
 STAGES = [  # (module, function, stage name), in the order they run
-    ("pipeline.manifest", "scan", "scan"),
-    ("pipeline.manifest", "fingerprint", "fingerprinting"),
-    ("pipeline.io", "ShardCache.compact", "compaction"),
-    ("pipeline.manifest", "decide", "decisions"),
-    ("pipeline.dedupe", "thumbnails", "thumbnails"),
-    ("pipeline.dedupe", "group_near_duplicates", "grouping"),
-    ("pipeline.split", "assign_split", "split"),
-    ("pipeline.manifest", "sink_parquet", "writing"),
-    ("pipeline.stats", "summarise", "statistics"),
+    ("pipeline.engine.manifest", "scan", "scan"),
+    ("pipeline.engine.manifest", "fingerprint", "fingerprinting"),
+    ("pipeline.engine.cache", "ShardCache.compact", "compaction"),
+    ("pipeline.engine.manifest", "decide", "decisions"),
+    ("pipeline.engine.dedupe", "thumbnails", "thumbnails"),
+    ("pipeline.engine.dedupe", "group_near_duplicates", "grouping"),
+    ("pipeline.engine.split", "assign_split", "split"),
+    ("pipeline.engine.manifest", "sink_parquet", "writing"),
+    ("pipeline.engine.stats", "summarise", "statistics"),
 ]
 
 CHILD = """
@@ -40,7 +40,7 @@ sys.path.insert(0, {repo!r})
 from pathlib import Path
 from pipeline.launcher import glibc_returns_freed_memory, polars_returns_freed_memory
 polars_returns_freed_memory(); glibc_returns_freed_memory()  # as `simpsons manifest` runs
-from pipeline import manifest
+from pipeline.engine import manifest
 
 running, peaks, seconds = ["other"], {{}}, {{}}
 

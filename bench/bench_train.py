@@ -19,14 +19,15 @@ from common import WORK, sample_manifest
 
 
 def loader_speed(manifest, image_size: int, workers: int, batches: int) -> float:
-    from pipeline import data, manifest as engine
-    from pipeline.presets import TrainPreset
+    from pipeline.training import datasets as data
+    from pipeline.engine import manifest as engine
+    from pipeline.training.presets import TrainPreset
     from runtime.metadata import Preprocessing
 
-    table, stats = engine.read(manifest)
-    pre = Preprocessing.for_size(image_size, stats["mean"], stats["std"])
-    dataset = data.ManifestDataset(data.split_rows(table, "train"), stats["config"]["data_root"], stats["classes"], TrainPreset(pre))
-    sampler = data.EpochSampler(dataset.targets, len(stats["classes"]), True, 0)
+    m = engine.read(manifest)
+    pre = Preprocessing.for_size(image_size, m.mean, m.std)
+    dataset = data.ManifestDataset(m.rows("train"), m.data_root(), m.classes, TrainPreset(pre))
+    sampler = data.EpochSampler(dataset.targets, len(m.classes), True, 0)
     loader = data.loader(dataset, 32, workers, sampler)
     iterator = iter(loader)
     next(iterator)  # workers started
@@ -47,7 +48,7 @@ def main() -> None:
     for size in (224, args.image_size):
         print(f"loader only, {size} px, {workers} workers: {loader_speed(manifest, size, workers, 20):.0f} img/s")
 
-    from pipeline.train import TrainConfig, train
+    from pipeline.training.train import TrainConfig, train
 
     out = WORK / f"train-{args.arch}-{args.image_size}"
     config = TrainConfig(manifest=str(manifest), out=str(out), arch=args.arch, weights="none",

@@ -45,7 +45,7 @@ def timed(results: dict, name: str):
 
 def sample_manifest() -> Path:
     """The sample's manifest, built once into bench/.work (cached like any manifest run)."""
-    from pipeline import manifest as engine
+    from pipeline.engine import manifest as engine
 
     out = WORK / "sample-data"
     if not (out / engine.MANIFEST).is_file():

@@ -17,12 +17,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
-from pipeline import data, manifest as manifest_io
-from pipeline.calibration import Network
-from pipeline.checkpoint import load_model
-from pipeline.io import atomic_write, write_json
+from export.config import OPSET, ExportConfig
+from pipeline.engine.manifest import Manifest, read as read_manifest
+from pipeline.engine.schema import Split
+from pipeline.training.checkpoint import load_model
+from pipeline.training.inference import check_classes, usable_rows
+from pipeline.training.network import Network
+from pipeline.writers import atomic_write, write_json
 from runtime.classifier import Classifier
 from runtime.errors import SimpsonsError
 from runtime.files import check_writable
@@ -30,12 +32,10 @@ from runtime.metadata import (
     FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, Preprocessing, encode, sidecar, sidecar_path,
 )
 from runtime.metrics import classification_report
-from runtime.openset import ACCEPT_KNOWN, threshold_for
+from runtime.openset import threshold_for
 from runtime.preprocess import preprocess
 
 log = logging.getLogger("simpsons.export")
-OPSET = 18
-TOLERANCE = 1e-3  # max |logit difference| between onnxruntime fp32 and PyTorch
 PORTABLE_AGREEMENT = 0.995  # least top-1 agreement of a portable model with the Python runtime
 LAYOUTS = {  # what each tensor holds, for the sidecar's readers
     "tensor(float)": "NCHW float32, RGB, preprocessed as 'preprocessing' says",
@@ -62,9 +62,9 @@ class Sample:
         return Sample(self.paths[:n], self.labels[:n])
 
 
-def sample_split(table: pl.DataFrame, root: Path, split: str, classes: list[str], limit: int, seed: int = 0) -> Sample:
+def sample_split(manifest: Manifest, root: Path, split: Split, classes: list[str], limit: int, seed: int = 0) -> Sample:
     """Up to ``limit`` usable images of ``split`` (a seeded sample when there are more)."""
-    rows = data.split_rows(table, split).filter(pl.col("label").is_in(classes))
+    rows = usable_rows(manifest, split, classes)
     if len(rows) > limit:
         rows = rows.sample(limit, seed=seed).sort("path")
     if not len(rows):
@@ -250,25 +250,22 @@ def _log_variant(name: str, v: dict, fp32: dict) -> None:
              name, v["file"], v["accuracy"], fp32["accuracy"], v["macro_f1"], agreement, threshold)
 
 
-def export(
-    checkpoint: Path, out: Path, manifest: Path | None = None, int8: bool = False, fp16: bool = False,
-    portable: bool = False, accept_known: float = ACCEPT_KNOWN, tolerance: float = TOLERANCE,
-    verify_images: int = 64, calibration_images: int = 512, eval_images: int = 2000,
-    data_root: Path | None = None, opset: int = OPSET,
-) -> dict:
+def export(config: ExportConfig) -> dict:
     """Write ``out`` (+ ``.int8.onnx``, ``.fp16.onnx``, ``.portable.onnx``,
     ``.portable.int8.onnx``), a ``.json`` sidecar for each, and ``<out>.report.json``."""
     from export.portable import make_portable, preprocessing_nodes
 
-    model, ckpt = load_model(checkpoint)
+    c, out = config, config.out
+    model, ckpt = load_model(c.checkpoint)
     pre, classes, cal = ckpt.preprocessing, list(ckpt.classes), ckpt.calibration
-    if portable:
+    if c.portable:
         preprocessing_nodes(pre)  # fails now, in one line, if the graph cannot express it
-    manifest = manifest or Path(ckpt.config.get("manifest", ""))
-    if not manifest.is_file():
-        raise ExportError(f"{manifest}: manifest not found (pass --manifest); export verifies on its val images")
-    table, stats = manifest_io.read(manifest)
-    root = manifest_io.data_root(stats, data_root or ckpt.config.get("data_root"))
+    manifest_path = c.manifest or Path(ckpt.config.get("manifest", ""))
+    if not manifest_path.is_file():
+        raise ExportError(f"{manifest_path}: manifest not found (pass --manifest); export verifies on its val images")
+    manifest = read_manifest(manifest_path)
+    check_classes(classes, manifest, c.checkpoint)
+    root = manifest.data_root(c.data_root or ckpt.config.get("data_root"))
     info = ModelInfo(classes=tuple(classes), preprocessing=pre, arch=ckpt.arch, config_hash=ckpt.config_hash,
                      temperature=cal.temperature, ood_score=cal.ood_score)
     try:
@@ -277,35 +274,35 @@ def export(
         raise ExportError(f"{out}: cannot write there ({e.strerror or e})") from None
 
     network = Network(model, cal, len(classes)).eval()
-    val = sample_split(table, root, "val", classes, eval_images)
-    to_onnx(network, pre, out, opset)
+    val = sample_split(manifest, root, Split.VAL, classes, c.eval_images)
+    to_onnx(network, pre, out, c.opset)
     write_metadata(out, info)
-    report = {"checkpoint": str(checkpoint), "opset": opset, "calibration": {
-        "temperature": cal.temperature, "ood_score": cal.ood_score, "accept_known": accept_known},
-        "verification": verify(network, out, val.head(verify_images), pre, tolerance)}
+    report = {"checkpoint": str(c.checkpoint), "opset": c.opset, "config": c.to_dict(), "calibration": {
+        "temperature": cal.temperature, "ood_score": cal.ood_score, "accept_known": c.accept_known},
+        "verification": verify(network, out, val.head(c.verify_images), pre, c.tolerance)}
     check = report["verification"]
     log.info("fp32: %s verified on %d val images: top-1 agreement %.2f%%, max |logit diff| %.2e",
              out, check["images"], 100 * check["top1_agreement"], check["max_abs_logit_diff"])
-    fp32, fp32_scored = finish(out, info, val, classes, accept_known)
+    fp32, fp32_scored = finish(out, info, val, classes, c.accept_known)
     report["variants"] = {"fp32": fp32}
     scored = {"fp32": fp32_scored}
 
     # (name, file, how to make it from the files before it, the variant it must agree with)
     plan: list[tuple[str, Path, Callable[[Path], None], str]] = []
-    if int8:
-        train = sample_split(table, root, "train", classes, calibration_images, seed=1)
+    if c.int8:
+        train = sample_split(manifest, root, Split.TRAIN, classes, c.calibration_images, seed=1)
         plan.append(("int8", out.with_suffix(".int8.onnx"), lambda p: quantize_int8(out, p, batches(train, pre, 16)), "fp32"))
-    if fp16:
+    if c.fp16:
         plan.append(("fp16", out.with_suffix(".fp16.onnx"), lambda p: convert_fp16(out, p), "fp32"))
-    if portable:
+    if c.portable:
         plan.append(("portable", out.with_suffix(".portable.onnx"), lambda p: make_portable(out, p, pre, cal.temperature), "fp32"))
-        if int8:
+        if c.int8:
             int8_path = out.with_suffix(".int8.onnx")
             plan.append(("portable-int8", out.with_suffix(".portable.int8.onnx"),
                          lambda p: make_portable(int8_path, p, pre, cal.temperature), "int8"))
     for name, path, make, reference in plan:
         make(path)
-        result, scored[name] = finish(path, replace(info, variant=name), val, classes, accept_known, scored[reference])
+        result, scored[name] = finish(path, replace(info, variant=name), val, classes, c.accept_known, scored[reference])
         result["reference"] = reference
         report["variants"][name] = result
         _log_variant(name, result, fp32)

@@ -6,13 +6,16 @@ Heavy libraries (torch, torchvision, onnx) are imported inside the commands that
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
-from pipeline.config import RECIPES, TrainConfig as C
+from export.config import ExportConfig as X
+from pipeline.training.config import RECIPES, EvalConfig as E, TrainConfig as C
 from runtime.errors import SimpsonsError
 from runtime.logs import to_stderr
 
@@ -100,8 +103,8 @@ def synth(out: Path, classes: int, per_class: int, test_per_class: int, unknown:
 def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, keep_leaks: bool, workers: int | None, no_plots: bool,
              ray: str | None) -> None:
     """Scan DATA_ROOT (Kaggle layout) into OUT/manifest.parquet and OUT/stats.json."""
-    from pipeline import manifest as engine
-    from pipeline.launcher import glibc_returns_freed_memory
+    from pipeline.engine import manifest as engine
+    from pipeline.memory import glibc_returns_freed_memory
 
     glibc_returns_freed_memory()
     config = engine.ManifestConfig(val_fraction=val_fraction, seed=seed, keep_leaks=keep_leaks)
@@ -130,7 +133,7 @@ def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, kee
 def audit(out_dir: Path, checkpoint: Path | None, folds: int, workers: int, device: str) -> None:
     """Write OUT_DIR/audit.html (OUT_DIR: a `simpsons manifest` folder): duplicates, leaks, label
     conflicts, bad files, outliers and examples per class, in one self-contained page."""
-    from pipeline import audit as auditing
+    from pipeline.audit import page as auditing
 
     if folds == 1:
         raise UserError("--folds needs at least 2 folds (or 0 for none)")
@@ -188,7 +191,8 @@ def _train_config(options: dict) -> C:
 def train(resume_dir: Path | None, **options) -> None:
     """Fine-tune a classifier on the manifest's train split, selecting on val macro-F1, then
     calibrate the best checkpoint (temperature, unknown threshold) on val."""
-    trainer = _heavy("pipeline.train", "training")
+    with needs_train_extra("training"):
+        from pipeline.training import train as trainer
     if resume_dir is not None:
         if not (resume_dir / "last.pt").is_file() or not (resume_dir / "config.json").is_file():
             raise UserError(f"{resume_dir}: nothing to resume (needs last.pt and config.json)")
@@ -201,62 +205,66 @@ def train(resume_dir: Path | None, **options) -> None:
     click.echo(f"best val macro-F1 {best['f1']:.4f} at epoch {best['epoch'] + 1}; checkpoints in {config.out}", err=True)
 
 
-def _heavy(module: str, what: str):
-    """Import a module that needs the [train] extra, or say in one line what to install."""
-    import importlib
-
+@contextlib.contextmanager
+def needs_train_extra(what: str) -> Iterator[None]:
+    """Around the imports of a command that needs the [train] extra (torch, onnx): a missing
+    package is one line saying what to install, not a traceback."""
     try:
-        return importlib.import_module(module)
+        yield
     except ImportError as e:
         raise UserError(f"{what} needs the [train] extra ({e.name} is missing): pip install '.[train]'") from None
 
 
 @main.command()
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=Path("out/run/best.pt"))
-@click.option("--manifest", type=click.Path(path_type=Path), default=Path("out/data/manifest.parquet"))
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("out/eval"))
-@click.option("--tta", is_flag=True, help="average with the horizontally flipped image")
-@click.option("--unknown", "unknown_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=E.checkpoint)
+@click.option("--manifest", type=click.Path(path_type=Path), default=E.manifest)
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default=E.split)
+@click.option("--out", type=click.Path(path_type=Path), default=E.out)
+@click.option("--tta", is_flag=True, default=E.tta, help="average with the horizontally flipped image")
+@click.option("--unknown", type=click.Path(path_type=Path), default=E.unknown,
               help="a folder of images of characters outside the classes: report how well the unknown verdict separates them")
-@click.option("--batch-size", type=click.IntRange(1), default=64)
-@click.option("--workers", type=click.IntRange(0), default=2)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="where the manifest's paths live (default: as recorded in stats.json)")
-def evaluate(checkpoint: Path, manifest: Path, split: str, out: Path, tta: bool, unknown_dir: Path | None, batch_size: int,
-             workers: int, device: str, data_root: Path | None) -> None:
+@click.option("--batch-size", type=click.IntRange(1), default=E.batch_size)
+@click.option("--workers", type=click.IntRange(0), default=E.workers)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=E.device)
+@click.option("--data-root", type=click.Path(path_type=Path), default=E.data_root, help="where the manifest's paths live (default: as recorded in stats.json)")
+def evaluate(**options) -> None:
     """Per-class precision/recall/F1, calibration (ECE, NLL, reliability.png), confusion matrix,
     a picture grid and, with --unknown, the unknown verdict's AUROC and FPR, for one split."""
-    evaluation = _heavy("pipeline.evaluate", "evaluation")
-    if not manifest.is_file():
-        raise UserError(f"{manifest}: manifest not found")
-    report = evaluation.evaluate_checkpoint(checkpoint, manifest, split, out, tta, batch_size, workers, device, data_root, unknown_dir)
-    click.echo(evaluation.markdown(report, "", checkpoint).split("\n", 2)[2])
-    click.echo(f"wrote report.json, report.md, confusion.png, reliability.png, predictions.png, predictions.csv to {out}", err=True)
+    config = E(**options)
+    with needs_train_extra("evaluation"):
+        from pipeline.training import evaluate as evaluation
+    if not config.manifest.is_file():
+        raise UserError(f"{config.manifest}: manifest not found")
+    report = evaluation.evaluate_checkpoint(config)
+    click.echo(evaluation.markdown(report, "", config.checkpoint).split("\n", 2)[2])
+    click.echo(f"wrote report.json, report.md, confusion.png, reliability.png, predictions.png, predictions.csv, config.json to {config.out}",
+               err=True)
 
 
 @main.command(name="export")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=Path("out/run/best.pt"))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("out/model.onnx"))
-@click.option("--manifest", type=click.Path(path_type=Path), default=None, help="for verification and calibration images (default: the training manifest)")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="where the manifest's paths live (default: as recorded at training)")
-@click.option("--int8", is_flag=True, help="also write a static-quantised int8 model (CPU)")
-@click.option("--fp16", is_flag=True, help="also write a float16 model (GPU)")
-@click.option("--portable", is_flag=True, help="also write model.portable.onnx: uint8 pixels in, preprocessing and softmax inside (browsers, Node, any ONNX runtime)")
-@click.option("--accept-known", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=X.checkpoint)
+@click.option("--out", type=click.Path(path_type=Path), default=X.out)
+@click.option("--manifest", type=click.Path(path_type=Path), default=X.manifest, help="for verification and calibration images (default: the training manifest)")
+@click.option("--data-root", type=click.Path(path_type=Path), default=X.data_root, help="where the manifest's paths live (default: as recorded at training)")
+@click.option("--int8", is_flag=True, default=X.int8, help="also write a static-quantised int8 model (CPU)")
+@click.option("--fp16", is_flag=True, default=X.fp16, help="also write a float16 model (GPU)")
+@click.option("--portable", is_flag=True, default=X.portable,
+              help="also write model.portable.onnx: uint8 pixels in, preprocessing and softmax inside (browsers, Node, any ONNX runtime)")
+@click.option("--accept-known", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=X.accept_known,
               help="the unknown threshold accepts this share of known val images")
-@click.option("--tolerance", type=float, default=1e-3, help="max |logit difference| to PyTorch")
-@click.option("--eval-images", type=click.IntRange(1), default=2000, help="val images used to score each variant and choose its threshold")
-@click.option("--calibration-images", type=click.IntRange(1), default=512, help="train images for int8 calibration (min-max)")
-def export_command(checkpoint: Path, out: Path, manifest: Path | None, data_root: Path | None, int8: bool, fp16: bool, portable: bool,
-                   accept_known: float, tolerance: float, eval_images: int, calibration_images: int) -> None:
+@click.option("--tolerance", type=float, default=X.tolerance, help="max |logit difference| to PyTorch")
+@click.option("--eval-images", type=click.IntRange(1), default=X.eval_images, help="val images used to score each variant and choose its threshold")
+@click.option("--calibration-images", type=click.IntRange(1), default=X.calibration_images, help="train images for int8 calibration (min-max)")
+def export_command(**options) -> None:
     """Export a checkpoint to ONNX with its metadata and sidecar, verify it, and add int8, fp16
     and portable variants."""
-    exporter = _heavy("export.onnx_export", "export")
-    report = exporter.export(checkpoint, out, manifest, int8, fp16, portable, accept_known, tolerance,
-                             eval_images=eval_images, calibration_images=calibration_images, data_root=data_root)
+    config = X(**options)
+    with needs_train_extra("export"):
+        from export.onnx_export import export
+
+    report = export(config)
     files = [name for v in report["variants"].values() for name in (v["file"], v["sidecar"])]
-    click.echo(f"wrote {', '.join(files)} and {out.with_suffix('.report.json').name} in {out.parent}", err=True)
+    click.echo(f"wrote {', '.join(files)} and {config.out.with_suffix('.report.json').name} in {config.out.parent}", err=True)
 
 
 if __name__ == "__main__":

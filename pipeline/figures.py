@@ -1,10 +1,16 @@
-"""Pictures for people: the confusion matrix and a grid of predictions (matplotlib, headless)."""
+"""Pictures for people (matplotlib, headless): the data engine's class-distribution charts, and
+evaluation's confusion matrix, reliability diagram and grid of predictions."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+
+from pipeline.writers import atomic_write
+
+CHARTS = {"classes_trainval.png": ("train", "val"), "classes_test.png": ("test",)}  # file -> splits
 
 
 def pyplot():
@@ -84,7 +90,29 @@ def reliability_figure(before: dict, after: dict, title: str = "Reliability", te
 
 
 def save(fig, path) -> None:
-    from pipeline.io import atomic_write
-
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     pyplot().close(fig)
+
+
+def class_distribution(counts: dict[str, dict[str, int]], classes: list[str], out_dir: Path) -> list[Path]:
+    """``classes_trainval.png`` (train and val stacked) and ``classes_test.png``."""
+    plt = pyplot()
+    written = []
+    for name, splits in CHARTS.items():
+        fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(classes) + 1)))
+        left = [0] * len(classes)
+        for split in splits:
+            values = [counts[split].get(c, 0) for c in classes]
+            ax.barh(classes, values, left=left, label=split)
+            left = [a + b for a, b in zip(left, values)]
+        for y, total in enumerate(left):
+            ax.text(total, y, f" {total}", va="center", fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("images")
+        ax.set_title(f"Images per class: {' + '.join(splits)} ({sum(left)} in all)")
+        ax.tick_params(axis="y", labelsize=7)
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        save(fig, out_dir / name)
+        written.append(out_dir / name)
+    return written

@@ -22,7 +22,7 @@ import numpy as np
 
 from runtime.errors import DeviceError, MetadataError, ModelError, SimpsonsError
 from runtime.listing import display_path
-from runtime.metadata import FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, decode, read_sidecar
+from runtime.metadata import FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, info_from_props, read_sidecar
 from runtime.openset import check_threshold
 from runtime.parallel import in_order
 from runtime.preprocess import ImageSource, decode as decode_pixels, preprocess
@@ -134,7 +134,7 @@ def model_info(path: Path, session) -> ModelInfo:
     """The ONNX metadata, or where a runtime stripped it, the sidecar beside the file."""
     props = session.get_modelmeta().custom_metadata_map
     try:
-        return decode(props) if "classes" in props or "format_version" in props else read_sidecar(path)
+        return info_from_props(props) if "classes" in props or "format_version" in props else read_sidecar(path)
     except MetadataError as e:
         raise MetadataError(f"{path}: {e}") from None
 

@@ -110,7 +110,7 @@ _STRINGS = {"arch", "config_hash", "variant", "ood_score"}  # stored as plain st
 _REQUIRED = ("format_version", "classes", "preprocessing", "arch")
 
 
-def decode(props: dict[str, str]) -> ModelInfo:
+def info_from_props(props: dict[str, str]) -> ModelInfo:
     """Read ONNX ``metadata_props`` back; a model exported by someone else fails with a reason."""
     missing = [k for k in _REQUIRED if k not in props]
     if missing:

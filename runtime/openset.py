@@ -1,7 +1,7 @@
 """The "unknown" verdict: open-set scores, the threshold and how well they separate.
 
 The score itself is computed inside the exported graph (output ``ood_score``; the rules are in
-``pipeline.openset``), so every consumer of the model file gets the same number. This module
+``pipeline.training.network``), so every consumer of the model file gets the same number. This module
 holds what needs no network: each score's name and range, choosing the threshold on known
 images, and the measures (AUROC, the false-positive rate at a known-acceptance rate).
 """

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from pipeline import synth
+
+REPO = Path(__file__).resolve().parent.parent
+ARTEFACTS = REPO / "out" / "test-artefacts"  # screenshots a person can look at after a run
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -107,3 +113,29 @@ def pipeline_run(tmp_path_factory) -> dict[str, Path]:
         "int8": out / "model.int8.onnx",
         "portable": out / "model.portable.onnx",
     }
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here, or None. The page's npm packages are installed
+    from web/package-lock.json when npm can; a fresh clone without them skips, not fails."""
+    if not shutil.which("node") or not shutil.which("npm"):
+        return "node and npm are not installed"
+    if not Path(CHROMIUM).exists():
+        return f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"
+    if not shutil.which("make"):
+        return "needs make"
+    done = subprocess.run(["make", "--no-print-directory", "web/node_modules/.installed"], cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"the page's npm packages could not be installed ({(done.stderr or done.stdout).strip().splitlines()[-1:]})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser() -> None:
+    """Skips a browser test where node, npm, Chromium or the page's packages are missing,
+    unless ``SIMPSONS_REQUIRE_BROWSER=1`` (set by CI) makes that a failure."""
+    missing = browser_missing()
+    if missing and os.environ.get("SIMPSONS_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"the browser test is required here but {missing}")
+    if missing:
+        pytest.skip(missing)

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from pipeline.checkpoint import DEFAULT_SCORE
+from pipeline.training.checkpoint import DEFAULT_SCORE
 from runtime import Classifier
 from runtime.metadata import FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, sha256, sidecar_path
 from tests.conftest import invoke
@@ -76,7 +76,7 @@ def test_portable_model_needs_no_preprocessing_code(pipeline_run):
 
 @pytest.mark.parametrize("batch", [1, 7])
 def test_dynamic_batch(pipeline_run, batch: int):
-    from pipeline.checkpoint import load_model
+    from pipeline.training.checkpoint import load_model
 
     model, _ = load_model(pipeline_run["run"] / "best.pt")
     x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)

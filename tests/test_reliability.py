@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline import manifest as engine
+from pipeline.engine import manifest as engine
 from pipeline.cli import main as simpsons
 from runtime.cli import main as infer
 from runtime.files import Lock
@@ -82,7 +82,7 @@ def test_a_name_that_is_not_utf8_is_escaped_and_the_run_goes_on(folder: Path, mo
     Image.new("RGB", (40, 30), (200, 40, 40)).save(data / "simpsons_dataset" / "agnes_skinner" / os.fsdecode(b"pic_\xfe.jpg"), format="JPEG")
     result = CliRunner().invoke(simpsons, ["manifest", str(data), "--out", str(tmp_path / "out"), "--no-plots"])
     assert result.exit_code == 0, result.output
-    df, _ = engine.read(tmp_path / "out" / engine.MANIFEST)
+    df = engine.read(tmp_path / "out" / engine.MANIFEST).table
     row = df.filter(pl.col("path").str.ends_with("pic_\\xfe.jpg"))
     assert row["status"].item() == "bad_name" and row["split"].item() == "excluded"
     assert (df["status"] == "ok").sum() == 42
@@ -184,7 +184,8 @@ def test_identical_files_under_two_labels_are_a_conflict(tmp_path: Path):
     (classes / "barney_gumble").symlink_to(classes / "agnes_skinner", target_is_directory=True)  # a linked class folder
     result = CliRunner().invoke(simpsons, ["manifest", str(data), "--out", str(tmp_path / "out"), "--no-plots"])
     assert result.exit_code == 0, result.output
-    df, stats = engine.read(tmp_path / "out" / engine.MANIFEST)
+    manifest_read = engine.read(tmp_path / "out" / engine.MANIFEST)
+    df, stats = manifest_read.table, manifest_read.stats
     conflicts = df.filter(pl.col("status") == "label_conflict")
     assert set(conflicts["label"]) == {"agnes_skinner", "barney_gumble"} and len(conflicts) == 24
     assert (conflicts["split"] == "excluded").all() and conflicts["duplicate_of"].is_null().all()

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from pipeline import train as trainer
+from pipeline.training import train as trainer
 from tests.conftest import TINY, invoke
 
 
@@ -144,7 +144,7 @@ def test_bad_manifest_and_checkpoint_give_one_clear_line(pipeline_run, tmp_path:
 
 
 def test_checkpoint_round_trips_and_old_checkpoints_load(pipeline_run, tmp_path: Path):
-    from pipeline.checkpoint import Calibration, Checkpoint
+    from pipeline.training.checkpoint import Calibration, Checkpoint
 
     ckpt = Checkpoint.load(pipeline_run["run"] / "best.pt")
     ckpt.save(tmp_path / "copy.pt")
@@ -160,7 +160,7 @@ def test_checkpoint_round_trips_and_old_checkpoints_load(pipeline_run, tmp_path:
 
 
 def test_temperature_scaling_lowers_nll_of_an_overconfident_model():
-    from pipeline.calibration import fit_report, fit_temperature
+    from pipeline.training.calibration import fit_report, fit_temperature
 
     g = torch.Generator().manual_seed(0)
     targets = torch.randint(0, 5, (600,), generator=g)
@@ -178,8 +178,8 @@ def test_temperature_scaling_lowers_nll_of_an_overconfident_model():
 def test_threshold_accepts_the_requested_share_or_is_withheld():
     import numpy as np
 
-    from pipeline.calibration import with_threshold
-    from pipeline.checkpoint import Calibration
+    from pipeline.training.calibration import with_threshold
+    from pipeline.training.checkpoint import Calibration
     from runtime.openset import auroc
 
     known = np.random.default_rng(0).normal(size=500)
@@ -204,7 +204,7 @@ def test_resume_refuses_a_changed_manifest(pipeline_run, tmp_path: Path):
 
 
 def test_evaluate_reports_calibration_and_the_unknown_verdict(pipeline_run, tmp_path: Path):
-    from pipeline.checkpoint import DEFAULT_SCORE, Checkpoint
+    from pipeline.training.checkpoint import DEFAULT_SCORE, Checkpoint
     from pipeline.synth import write_unknown
 
     unknown = tmp_path / "unknown"
@@ -239,7 +239,7 @@ def test_train_option_defaults_are_the_config_defaults():
     from dataclasses import MISSING, fields
 
     from pipeline.cli import train
-    from pipeline.config import TrainConfig
+    from pipeline.training.config import TrainConfig
 
     options = {p.name: p.default for p in train.params if p.name not in ("resume_dir",)}
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
@@ -276,16 +276,15 @@ def test_augmentation_draws_from_per_sample_generators(pipeline_run):
     sample leaves the global random generators untouched."""
     import random
 
-    import polars as pl
 
-    from pipeline import data
-    from pipeline.presets import TrainPreset
+    from pipeline.engine.manifest import read as read_manifest
+    from pipeline.training import datasets as data
+    from pipeline.training.presets import TrainPreset
     from runtime.metadata import Preprocessing
 
-    table = pl.read_parquet(pipeline_run["manifest"])
-    stats = json.loads((pipeline_run["manifest"].parent / "stats.json").read_text())
-    pre = Preprocessing.for_size(32, stats["mean"], stats["std"])
-    dataset = data.ManifestDataset(data.split_rows(table, "train"), stats["config"]["data_root"], stats["classes"], TrainPreset(pre))
+    manifest = read_manifest(pipeline_run["manifest"])
+    pre = Preprocessing.for_size(32, manifest.mean, manifest.std)
+    dataset = data.ManifestDataset(manifest.rows("train"), manifest.data_root(), manifest.classes, TrainPreset(pre))
     random.seed(1)
     torch.manual_seed(1)
     python_state, torch_state = random.getstate(), torch.get_rng_state()
@@ -300,7 +299,7 @@ def test_augmentation_draws_from_per_sample_generators(pipeline_run):
 
 
 def test_a_bug_keeps_its_traceback_and_debug_shows_all(pipeline_run, monkeypatch):
-    from pipeline import evaluate as evaluation
+    from pipeline.training import evaluate as evaluation
 
     def broken(*args, **kwargs):
         raise KeyError("a bug, not a user error")
@@ -311,7 +310,7 @@ def test_a_bug_keeps_its_traceback_and_debug_shows_all(pipeline_run, monkeypatch
     monkeypatch.undo()
     monkeypatch.setenv("SIMPSONS_DEBUG", "1")
     result = invoke("evaluate", "--checkpoint", pipeline_run["manifest"], "--manifest", pipeline_run["manifest"])
-    from pipeline.checkpoint import CheckpointError
+    from pipeline.training.checkpoint import CheckpointError
 
     assert isinstance(result.exception, CheckpointError)  # the user error, with its traceback
 
@@ -353,7 +352,7 @@ def test_resume_keeps_the_recipe_state(pipeline_run, tmp_path: Path, monkeypatch
 
 
 def test_auto_options_follow_the_start_point(pipeline_run, tmp_path: Path):
-    from pipeline.config import RECIPES
+    from pipeline.training.config import RECIPES
 
     for weights, recipe in (("none", "scratch"), (str(pipeline_run["run"] / "best.pt"), "pretrained")):
         out = tmp_path / recipe

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -24,36 +23,11 @@ from PIL import Image
 
 from pipeline import synth
 from runtime import Classifier
-
-REPO = Path(__file__).resolve().parent.parent
-ARTEFACTS = REPO / "out" / "test-artefacts"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-
-
-def browser_missing() -> str | None:
-    if not shutil.which("node"):
-        return "node is not installed"
-    if not Path(CHROMIUM).exists():
-        return f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"
-    if not shutil.which("make"):
-        return "needs make"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser() -> None:
-    missing = browser_missing()
-    if missing and os.environ.get("SIMPSONS_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"the browser test is required here but {missing}")
-    if missing:
-        pytest.skip(missing)
-
+from tests.conftest import ARTEFACTS, EASY_CLASSES, EASY_COLOURS, REPO
 
 def frames(folder: Path, count: int = 104) -> list[Path]:
     """Cartoon frames of the easy classes' colours at assorted sizes and formats, plus a
     corrupt JPEG and a text file named like a picture."""
-    from tests.conftest import EASY_CLASSES, EASY_COLOURS
-
     folder.mkdir(parents=True)
     rng, looks, paths = random.Random(5), synth.class_looks(), []
     for i in range(count):

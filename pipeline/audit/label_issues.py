@@ -19,12 +19,13 @@ import polars as pl
 import torch
 import xxhash
 
-from pipeline import data, manifest as manifest_io
-from pipeline.audit import AuditError
-from pipeline.checkpoint import load_model
-from pipeline.config import TrainConfig
-from pipeline.io import write_json, write_parquet
-from pipeline.presets import EvalPreset
+from pipeline.engine import manifest as manifest_io
+from pipeline.engine.manifest import Manifest
+from pipeline.engine.schema import Split
+from pipeline.training.checkpoint import load_model
+from pipeline.training.config import TrainConfig
+from pipeline.training.inference import check_classes, pick_device, predict_rows, usable_rows
+from pipeline.writers import write_json, write_parquet
 
 log = logging.getLogger("simpsons.audit")
 
@@ -32,11 +33,7 @@ log = logging.getLogger("simpsons.audit")
 def probabilities(model, temperature: float, rows: pl.DataFrame, root: Path, classes: list[str], pre, workers: int,
                   device: str) -> np.ndarray:
     """Calibrated class probabilities for manifest rows (the checkpoint's eval preprocessing)."""
-    from pipeline.train import pick_device, predict
-
-    dev = pick_device(device, 0)
-    loader = data.loader(data.ManifestDataset(rows, root, classes, EvalPreset(pre)), 64, workers)
-    (logits, *_), _ = predict(model.to(dev), loader, dev)
+    (logits, *_), _ = predict_rows(model, rows, root, classes, pre, pick_device(device), workers=workers)
     return torch.softmax(logits / temperature, dim=1).numpy()
 
 
@@ -45,20 +42,21 @@ def fold_of(groups: pl.Series, folds: int) -> np.ndarray:
     return np.array([xxhash.xxh64_intdigest(g.encode()) % folds for g in groups])
 
 
-def cross_validated(df: pl.DataFrame, stats: dict, config: dict, folds: int, workers: int, device: str) -> tuple[pl.DataFrame, np.ndarray]:
+def cross_validated(manifest: Manifest, config: dict, folds: int, workers: int, device: str) -> tuple[pl.DataFrame, np.ndarray]:
     """Training rows and their probabilities, each from the fold model that did not train on it."""
-    from pipeline.train import train
+    from pipeline.training.train import train
 
-    rows = data.split_rows(df, "train")
+    df, stats = manifest.table, manifest.stats
+    rows = manifest.rows(Split.TRAIN)
     fold = fold_of(rows["group"].fill_null(rows["path"]), folds)
     probs = np.zeros((len(rows), len(stats["classes"])), dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="simpsons-folds-") as tmp:
         for k in range(folds):
             held = set(rows.filter(pl.Series(fold == k))["path"])
             folder = Path(tmp) / f"fold-{k}"
-            manifest = df.with_columns(pl.when(pl.col("path").is_in(list(held))).then(pl.lit("excluded"))
+            held_out = df.with_columns(pl.when(pl.col("path").is_in(list(held))).then(pl.lit(Split.EXCLUDED))
                                        .otherwise(pl.col("split")).alias("split"))
-            write_parquet(folder / manifest_io.MANIFEST, manifest)
+            write_parquet(folder / manifest_io.MANIFEST, held_out)
             write_json(folder / manifest_io.STATS, stats)
             log.info("fold %d/%d: training on %d images, predicting %d", k + 1, folds, len(rows) - len(held), len(held))
             options = {k2: v for k2, v in config.items() if k2 in TrainConfig.__dataclass_fields__}
@@ -66,31 +64,29 @@ def cross_validated(df: pl.DataFrame, stats: dict, config: dict, folds: int, wor
             model, ckpt = load_model(folder / "run" / "best.pt")
             mask = fold == k
             probs[mask] = probabilities(model, ckpt.calibration.temperature, rows.filter(pl.Series(mask)),
-                                        manifest_io.data_root(stats, config.get("data_root")), ckpt.classes, ckpt.preprocessing,
+                                        manifest.data_root(config.get("data_root")), ckpt.classes, ckpt.preprocessing,
                                         workers, device)
     return rows, probs
 
 
-def find(df: pl.DataFrame, stats: dict, checkpoint: Path, folds: int, workers: int, device: str) -> tuple[pl.DataFrame, list]:
+def find(manifest: Manifest, checkpoint: Path, folds: int, workers: int, device: str) -> tuple[pl.DataFrame, list]:
     """(label issues, most likely first; misclassified test images as (path, true label,
     [(class, probability)] x 3))."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     model, ckpt = load_model(checkpoint)
-    classes = stats["classes"]
-    if ckpt.classes != classes:
-        raise AuditError(f"{checkpoint}: its {len(ckpt.classes)} classes differ from the manifest's {len(classes)}; "
-                         "audit with the checkpoint trained on this manifest")
-    root = manifest_io.data_root(stats, ckpt.config.get("data_root"))
+    classes = manifest.classes
+    check_classes(ckpt.classes, manifest, checkpoint)
+    root = manifest.data_root(ckpt.config.get("data_root"))
     parts = []
-    for split in ("val", "test"):
-        rows = data.split_rows(df, split).filter(pl.col("label").is_in(classes))
+    for split in (Split.VAL, Split.TEST):
+        rows = usable_rows(manifest, split, classes)
         if len(rows):
             parts.append((rows, probabilities(model, ckpt.calibration.temperature, rows, root, classes, ckpt.preprocessing,
                                               workers, device)))
     if folds >= 2:
-        parts.append(cross_validated(df, stats, ckpt.config, folds, workers, device))
+        parts.append(cross_validated(manifest, ckpt.config, folds, workers, device))
     rows = pl.concat([r.select("path", "split", "label") for r, _ in parts])
     probs = np.concatenate([p for _, p in parts])
     labels = np.array([classes.index(label) for label in rows["label"]])
@@ -102,7 +98,7 @@ def find(df: pl.DataFrame, stats: dict, checkpoint: Path, folds: int, workers: i
         pl.Series("suggested_probability", probs.max(1).astype(np.float64)),
         pl.Series("label_quality", quality.astype(np.float64)),
     )[ranked.tolist()]
-    test = rows.with_row_index().filter((pl.col("split") == "test"))
+    test = rows.with_row_index().filter((pl.col("split") == Split.TEST))
     order = np.argsort(-probs, axis=1)[:, :3]
     misclassified = [(p, label, [(classes[j], float(probs[i, j])) for j in order[i]])
                      for i, p, label in test.select("index", "path", "label").iter_rows() if guess[i] != labels[i]]

@@ -21,6 +21,7 @@ import polars as pl
 import xxhash
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.engine.schema import Status
 from runtime.labels import is_image_name
 from runtime.parallel import in_order
 from runtime.preprocess import ORIENTATION, to_rgb
@@ -85,16 +86,16 @@ def pixel_moments(img: Image.Image) -> tuple[list[float], list[float]]:
     return (hist @ _LEVELS / count).tolist(), (hist @ _LEVELS**2 / count).tolist()
 
 
-def _failure(status: str, reason: str, data: bytes | None = None) -> dict:
-    return {"status": status, "reason": reason, "hash": xxhash.xxh3_64_hexdigest(data) if data else None}
+def _failure(status: Status, reason: str, data: bytes | None = None) -> dict:
+    return {"status": status.value, "reason": reason, "hash": xxhash.xxh3_64_hexdigest(data) if data else None}
 
 
 def fingerprint_bytes(data: bytes, name: str) -> dict:
     """The fingerprint columns (all but the key) of one file's bytes."""
     if not data:
-        return _failure("not_image", "empty file")
+        return _failure(Status.NOT_IMAGE, "empty file")
     if not is_image_name(name):
-        return _failure("not_image", f"not an image file extension ({Path(name).suffix or 'none'})", data)
+        return _failure(Status.NOT_IMAGE, f"not an image file extension ({Path(name).suffix or 'none'})", data)
     digest = xxhash.xxh3_64_hexdigest(data)
     try:
         with Image.open(io.BytesIO(data)) as raw:
@@ -106,13 +107,13 @@ def fingerprint_bytes(data: bytes, name: str) -> dict:
             raw.load()
             img = to_rgb(raw)
     except UnidentifiedImageError:
-        return _failure("not_image", "cannot identify image format", data)
+        return _failure(Status.NOT_IMAGE, "cannot identify image format", data)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return _failure("corrupt", f"cannot decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}", data)
+        return _failure(Status.CORRUPT, f"cannot decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}", data)
     small = img.resize((32, 32), Image.Resampling.BOX)
     mean, sq_mean = pixel_moments(img)
     return {
-        "status": "ok",
+        "status": Status.OK.value,
         "reason": None,
         "hash": digest,
         "format": fmt,
@@ -130,11 +131,11 @@ def fingerprint_file(root: Path, file: dict) -> dict:
     from the scan, ``bad_name`` (its path is shown escaped and cannot be opened: never read)."""
     key = {k: file[k] for k in KEY}
     if file.get("bad_name"):
-        return {**key, "status": "bad_name", "reason": BAD_NAME, "hash": None}
+        return {**key, "status": Status.BAD_NAME.value, "reason": BAD_NAME, "hash": None}
     try:
         data = (root / key["path"]).read_bytes()
     except OSError as e:
-        return {**key, **_failure("unreadable", f"cannot read: {e.strerror or e}")}
+        return {**key, **_failure(Status.UNREADABLE, f"cannot read: {e.strerror or e}")}
     return {**key, **fingerprint_bytes(data, key["path"])}
 
 

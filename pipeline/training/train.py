@@ -22,11 +22,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline import data, manifest as manifest_io
-from pipeline.checkpoint import DEFAULT_SCORE, Calibration, Checkpoint
-from pipeline.config import TrainConfig, eval_size, resolve
-from pipeline.io import atomic_write, write_json
-from pipeline.model import build_model
+from pipeline.engine.manifest import Manifest, read as read_manifest
+from pipeline.engine.schema import Split
+from pipeline.training import datasets
+from pipeline.training.checkpoint import DEFAULT_SCORE, Calibration, Checkpoint
+from pipeline.training.config import TrainConfig, eval_size, resolve
+from pipeline.training.inference import amp_dtype, eval_loader, loader_workers, pick_device, predict, predict_rows
+from pipeline.writers import atomic_write, write_json
+from pipeline.training.model import build_model
 from runtime.errors import SimpsonsError
 from runtime.files import Lock
 from runtime.metadata import Preprocessing
@@ -61,26 +64,6 @@ def distributed() -> tuple[int, int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainError("--device cuda: no CUDA device is visible to PyTorch")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision only on CUDA: bf16 where the GPU has it, else fp16 with a grad scaler."""
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 def seed_everything(seed: int) -> None:
@@ -173,28 +156,6 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, dtyp
     return total_loss / max(seen, 1), seen / (time.perf_counter() - start)
 
 
-def as_tuple(output) -> tuple[torch.Tensor, ...]:
-    return output if isinstance(output, tuple) else (output,)
-
-
-@torch.inference_mode()
-def predict(model, loader, device, dtype=None, tta: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Every output of ``model`` (logits, or ``Network``'s logits, features and score) as
-    float32 CPU tensors over a whole loader, and the targets; ``tta`` averages each output
-    with that of the mirrored image."""
-    model.eval()
-    outputs, all_targets = [], []
-    for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = as_tuple(model(images))
-            if tta:
-                out = tuple((a + b) / 2 for a, b in zip(out, as_tuple(model(images.flip(3)))))
-        outputs.append([o.float().cpu() for o in out])
-        all_targets.append(targets)
-    return [torch.cat(parts) for parts in zip(*outputs)], torch.cat(all_targets)
-
-
 def evaluate(model, criterion, loader, device, dtype, classes: list[str]) -> dict:
     (logits, *_), targets = predict(model, loader, device, dtype)
     report = classification_report(
@@ -235,24 +196,22 @@ def log_epoch(writer, epoch: int, train_loss: float, speed: float, report: dict,
     writer.flush()
 
 
-def load_data(config: TrainConfig, table, stats: dict, pre: Preprocessing, rank: int, world: int, pin: bool):
+def load_data(config: TrainConfig, manifest: Manifest, pre: Preprocessing, rank: int, world: int, pin: bool):
     """Train and val loaders from the manifest, and the training targets (for class weights).
     ``pre`` is the evaluation preprocessing (at the evaluation size); the training crops use
     ``config.image_size``."""
-    from pipeline.presets import EvalPreset, TrainPreset
+    from pipeline.training.presets import TrainPreset
 
-    root = manifest_io.data_root(stats, config.data_root)
-    classes = stats["classes"]
+    root, classes = manifest.data_root(config.data_root), manifest.classes
     augment = TrainPreset(replace(pre, image_size=config.image_size), config.downscale, config.augment, config.random_erase)
-    train_set = data.ManifestDataset(data.split_rows(table, "train"), root, classes, augment)
-    val_set = data.ManifestDataset(data.split_rows(table, "val"), root, classes, EvalPreset(pre))
-    if not len(train_set) or not len(val_set):
-        raise TrainError(f"{config.manifest}: the manifest has {len(train_set)} train and {len(val_set)} val images; both must be > 0")
-    workers = config.workers if config.workers >= 0 else min(8, os.cpu_count() or 1)
-    sampler = data.EpochSampler(train_set.targets, len(classes), config.balance == "sampler", config.seed, rank, world)
+    train_set = datasets.ManifestDataset(manifest.rows(Split.TRAIN), root, classes, augment)
+    val_rows = manifest.rows(Split.VAL)
+    if not len(train_set) or not len(val_rows):
+        raise TrainError(f"{config.manifest}: the manifest has {len(train_set)} train and {len(val_rows)} val images; both must be > 0")
+    sampler = datasets.EpochSampler(train_set.targets, len(classes), config.balance == "sampler", config.seed, rank, world)
     return (
-        data.loader(train_set, config.batch_size, workers, sampler, pin),
-        data.loader(val_set, config.batch_size, workers, None, pin),
+        datasets.loader(train_set, config.batch_size, loader_workers(config.workers), sampler, pin),
+        eval_loader(val_rows, root, classes, pre, config.batch_size, config.workers, pin),
         train_set.targets,
     )
 
@@ -269,27 +228,23 @@ def make_model(config: TrainConfig, num_classes: int, resume: bool, rank: int, w
     return model
 
 
-def eval_loader(config: TrainConfig, rows, root: Path, classes: list[str], pre: Preprocessing, pin: bool = False):
-    """Eval-transform batches over manifest rows: calibration and ``simpsons evaluate``."""
-    from pipeline.presets import EvalPreset
-
-    workers = config.workers if config.workers >= 0 else min(8, os.cpu_count() or 1)
-    return data.loader(data.ManifestDataset(rows, root, classes, EvalPreset(pre)), config.batch_size, workers, None, pin)
-
-
-def calibrate_best(config: TrainConfig, table, stats: dict, device: torch.device) -> str:
+def calibrate_best(config: TrainConfig, manifest: Manifest, device: torch.device) -> str:
     """Fit the temperature, the open-set centroids and threshold on ``best.pt`` and store them
     in it; returns the line that reports the fit."""
-    from pipeline.calibration import Network, calibrate
+    from pipeline.training.calibration import calibrate
+    from pipeline.training.network import Network
 
     path = Path(config.out) / "best.pt"
     ckpt = Checkpoint.load(path)
     classes, pre = ckpt.classes, ckpt.preprocessing
-    root = manifest_io.data_root(stats, config.data_root)
-    network = Network(ckpt.model(), Calibration(), len(classes)).to(device)
-    (logits, features, _), targets = predict(network, eval_loader(config, data.split_rows(table, "val"), root, classes, pre), device)
-    rows = data.split_rows(table, "train").group_by("label", maintain_order=True).head(CENTROID_IMAGES_PER_CLASS)
-    (_, train_features, _), train_targets = predict(network, eval_loader(config, rows, root, classes, pre), device)
+    root = manifest.data_root(config.data_root)
+    network = Network(ckpt.model(), Calibration(), len(classes))
+
+    def run(rows):
+        return predict_rows(network, rows, root, classes, pre, device, config.batch_size, config.workers)
+
+    (logits, features, _), targets = run(manifest.rows(Split.VAL))
+    (_, train_features, _), train_targets = run(manifest.rows(Split.TRAIN).group_by("label", maintain_order=True).head(CENTROID_IMAGES_PER_CLASS))
     ckpt.calibration, warnings = calibrate(logits, features, targets, train_features, train_targets, len(classes),
                                            DEFAULT_SCORE, ACCEPT_KNOWN)
     ckpt.save(path)
@@ -360,16 +315,16 @@ def _train(config: TrainConfig, resume: bool, rank: int, world: int, local_rank:
     device = pick_device(config.device, local_rank)
     manifest_path, out = Path(config.manifest), Path(config.out)
     state = resume_state(out, manifest_path) if resume else None
-    table, stats = manifest_io.read(manifest_path)
-    classes = stats["classes"]
-    pre = Preprocessing.for_size(eval_size(config), stats["mean"], stats["std"], config.crop_fraction)
-    train_loader, val_loader, targets = load_data(config, table, stats, pre, rank, world, pin=device.type == "cuda")
+    manifest = read_manifest(manifest_path)
+    classes = manifest.classes
+    pre = Preprocessing.for_size(eval_size(config), manifest.mean, manifest.std, config.crop_fraction)
+    train_loader, val_loader, targets = load_data(config, manifest, pre, rank, world, pin=device.type == "cuda")
 
     model = make_model(config, len(classes), resume, rank, world).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema > 0 else None
-    weight = data.class_weights(targets, len(classes)) if config.balance == "loss" else None
+    weight = datasets.class_weights(targets, len(classes)) if config.balance == "loss" else None
     criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), label_smoothing=config.label_smoothing)
     val_criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)  # val logits come back on the CPU
     optimizer = make_optimizer(model, config)
@@ -449,7 +404,7 @@ def _train(config: TrainConfig, resume: bool, rank: int, world: int, local_rank:
         writer.close()
     if rank == 0:
         best = average_best(best_epochs, best, config, classes, pre, val_loader, val_criterion, device, dtype, out)
-        log.info(calibrate_best(config, table, stats, device))
+        log.info(calibrate_best(config, manifest, device))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -13,19 +13,27 @@ import random
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import torch
 
-from pipeline import data, figures, manifest as manifest_io
-from pipeline.calibration import Network, fit_report, ood_scores
-from pipeline.checkpoint import load_model
-from pipeline.io import atomic_write, write_json
-from pipeline.presets import EvalPreset
-from pipeline.train import TrainError, pick_device, predict
+from pipeline import figures
+from pipeline.engine.manifest import read as read_manifest
+from pipeline.training import datasets
+from pipeline.training.calibration import fit_report, ood_scores
+from pipeline.training.checkpoint import load_model
+from pipeline.training.config import EvalConfig
+from pipeline.training.inference import check_classes, pick_device, predict, predict_rows, usable_rows
+from pipeline.training.network import Network
+from pipeline.training.presets import EvalPreset
+from pipeline.writers import atomic_write, write_json
+from runtime.errors import SimpsonsError
 from runtime.labels import is_image_name
 from runtime.metrics import classification_report, reliability, report_table
 from runtime.openset import openset_report
 from runtime.preprocess import load_image
+
+
+class EvaluationError(SimpsonsError):
+    """The evaluation cannot run as asked; the message says why."""
 
 
 def grid_sample(true: list[str], pred: list[str], size: int, seed: int = 0) -> list[int]:
@@ -52,10 +60,10 @@ def write_predictions_csv(path: Path, paths: list[str], true: list[str], probs: 
 def unknown_images(folder: Path) -> list[str]:
     """Every image file under ``folder``: pictures of characters outside the classes."""
     if not folder.is_dir():
-        raise TrainError(f"--unknown {folder}: no such folder")
+        raise EvaluationError(f"--unknown {folder}: no such folder")
     files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_name(p))
     if not files:
-        raise TrainError(f"--unknown {folder}: no image files found")
+        raise EvaluationError(f"--unknown {folder}: no image files found")
     return files
 
 
@@ -94,42 +102,39 @@ def markdown(report: dict, arch: str, checkpoint: Path) -> str:
     return text
 
 
-def evaluate_checkpoint(
-    checkpoint: Path, manifest: Path, split: str, out: Path, tta: bool = False, batch_size: int = 64,
-    workers: int = 2, device: str = "auto", data_root: Path | None = None, unknown_dir: Path | None = None, grid: int = 36,
-) -> dict:
-    model, ckpt = load_model(checkpoint)
+def evaluate_checkpoint(config: EvalConfig) -> dict:
+    """Score the checkpoint on one split and write the report, figures and predictions, with
+    the configuration beside them."""
+    model, ckpt = load_model(config.checkpoint)
     classes, pre, calibration = ckpt.classes, ckpt.preprocessing, ckpt.calibration
-    table, stats = manifest_io.read(manifest)
-    if stats["classes"] != classes:
-        raise TrainError(f"{checkpoint}: its classes differ from {manifest}'s ({len(classes)} vs {len(stats['classes'])})")
-    root = manifest_io.data_root(stats, data_root)
-    rows = data.split_rows(table, split).filter(pl.col("label").is_in(classes))
+    manifest = read_manifest(config.manifest)
+    check_classes(classes, manifest, config.checkpoint)
+    root = manifest.data_root(config.data_root)
+    rows = usable_rows(manifest, config.split, classes)
     if not len(rows):
-        raise TrainError(f"{manifest}: no usable {split!r} images with a class the model knows")
-    extra = unknown_images(unknown_dir) if unknown_dir else []
-    dev = pick_device(device, 0)
-    network = Network(model, calibration, len(classes)).to(dev)
-
-    def run(dataset) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return predict(network, data.loader(dataset, batch_size, workers), dev, tta=tta)
-
-    dataset = data.ManifestDataset(rows, root, classes, EvalPreset(pre))
-    (logits, features, ood), targets = run(dataset)
+        raise EvaluationError(f"{config.manifest}: no usable {config.split!r} images with a class the model knows")
+    extra = unknown_images(config.unknown) if config.unknown else []
+    dev = pick_device(config.device)
+    network = Network(model, calibration, len(classes))
+    (logits, features, ood), targets = predict_rows(network, rows, root, classes, pre, dev, config.batch_size, config.workers,
+                                                    tta=config.tta)
     probs = torch.softmax(logits / calibration.temperature, 1).numpy()
     true = [classes[i] for i in targets.tolist()]
     pred = [classes[i] for i in probs.argmax(1).tolist()]
     report = classification_report(true, pred, classes)
-    report.update(split=split, checkpoint=str(checkpoint), tta=tta, classes=classes)
+    report.update(split=config.split, checkpoint=str(config.checkpoint), tta=config.tta, classes=classes)
     report["calibration"] = {"temperature": calibration.temperature, **fit_report(logits, targets, calibration.temperature)}
     if extra:
-        (u_logits, u_features, _), _ = run(data.UnlabelledDataset(extra, EvalPreset(pre)))
+        loader = datasets.loader(datasets.UnlabelledDataset(extra, EvalPreset(pre)), config.batch_size, config.workers)
+        (u_logits, u_features, _), _ = predict(network, loader, dev, tta=config.tta)
         report["unknown"] = openset_section(ood_scores(logits, features, calibration), ood_scores(u_logits, u_features, calibration),
-                                            calibration.ood_score, calibration.ood_threshold, unknown_dir)
+                                            calibration.ood_score, calibration.ood_threshold, config.unknown)
 
+    out, split = config.out, config.split
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
-    atomic_write(out / "report.md", lambda tmp: tmp.write_text(markdown(report, ckpt.arch, checkpoint)))
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(markdown(report, ckpt.arch, config.checkpoint)))
+    write_json(out / "config.json", config.to_dict())
     write_predictions_csv(out / "predictions.csv", rows["path"].to_list(), true, probs, ood.numpy(), classes)
     present = [i for i, c in enumerate(classes) if c in report["per_class"]]
     matrix = np.array(report["confusion_matrix"])[np.ix_(present, present)]
@@ -137,7 +142,8 @@ def evaluate_checkpoint(
     before = reliability(torch.softmax(logits, 1).numpy(), targets.numpy())
     figure = figures.reliability_figure(before, reliability(probs, targets.numpy()), f"{split}: reliability", calibration.temperature)
     figures.save(figure, out / "reliability.png")
-    shown = grid_sample(true, pred, grid)
-    images = [np.asarray(load_image(dataset.paths[i], min_size=160)) for i in shown]
+    shown = grid_sample(true, pred, config.grid)
+    paths = [root / p for p in rows["path"]]
+    images = [np.asarray(load_image(paths[i], min_size=160)) for i in shown]
     figures.save(figures.prediction_grid(images, [true[i] for i in shown], [pred[i] for i in shown]), out / "predictions.png")
     return report

@@ -45,10 +45,6 @@ class UnlabelledDataset(Dataset):
         return self.transform(self.paths[i]), -1
 
 
-def split_rows(manifest: pl.DataFrame, split: str) -> pl.DataFrame:
-    return manifest.filter((pl.col("split") == split) & (pl.col("status") == "ok")).sort("path")
-
-
 def class_weights(targets: list[int], num_classes: int) -> torch.Tensor:
     """Inverse frequency, normalised to mean 1 over the classes present; absent classes 0."""
     counts = torch.bincount(torch.tensor(targets), minlength=num_classes).float()

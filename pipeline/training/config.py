@@ -138,3 +138,24 @@ def eval_size(config: TrainConfig) -> int:
     """The evaluation (and export) image size: larger than the training crops by
     ``eval_scale`` (random crops show objects larger than a centre crop does), a multiple of 8."""
     return max(8, int(round(config.image_size * config.eval_scale / 8)) * 8) if config.eval_scale != 1 else config.image_size
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """``simpsons evaluate``: its options' defaults live here; ``config.json`` beside the report
+    records what ran."""
+
+    checkpoint: Path = Path("out/run/best.pt")
+    manifest: Path = Path("out/data/manifest.parquet")
+    split: str = "test"
+    out: Path = Path("out/eval")
+    tta: bool = False  # average with the horizontally flipped image
+    unknown: Path | None = None  # a folder of characters outside the classes: how well the unknown verdict works
+    batch_size: int = 64
+    workers: int = 2
+    device: str = "auto"
+    data_root: Path | None = None  # default: as recorded in stats.json
+    grid: int = 36  # pictures in predictions.png
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

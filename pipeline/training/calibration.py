@@ -2,77 +2,23 @@
 
 Temperature scaling (Guo et al., 2017): one scalar T, fitted on the val split by minimising the
 negative log-likelihood of ``softmax(logits / T)``; it changes no prediction, only how sure
-each one claims to be. The open-set scores are post-hoc rules over what the network already
-computes (logits and penultimate features); ``Network`` puts the chosen one into the graph as
-the ``ood_score`` output, so every consumer of the exported file computes the same number.
+each one claims to be. The open-set scores (``network.SCORE_RULES``) are post-hoc rules over
+what the network already computes; the threshold of the shipped one is chosen here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from pipeline.checkpoint import Calibration
-from pipeline.model import split_head
+from pipeline.training.checkpoint import Calibration
+from pipeline.training.network import SCORE_RULES, needs_centroids
 from runtime.metrics import negative_log_likelihood, reliability
-from runtime.openset import SCORES, threshold_for
-
-ScoreRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _msp(logits, features, temperature, centroids):
-    return 1 - torch.softmax(logits / temperature, dim=1).amax(dim=1)
-
-
-def _max_logit(logits, features, temperature, centroids):
-    return -logits.amax(dim=1)
-
-
-def _energy(logits, features, temperature, centroids):
-    return -temperature * torch.logsumexp(logits / temperature, dim=1)
-
-
-def _cosine(logits, features, temperature, centroids):
-    return 1 - (features @ centroids.T).amax(dim=1)
-
-
-# (logits, L2-normalised features, temperature, class centroids) -> score, higher = less known.
-# Names and ranges are runtime.openset.SCORES: the runtime checks thresholds against them.
-SCORE_RULES: dict[str, ScoreRule] = {"msp": _msp, "max_logit": _max_logit, "energy": _energy, "cosine": _cosine}
-assert SCORE_RULES.keys() == SCORES.keys()
-
-
-def needs_centroids(score: str) -> bool:
-    return score == "cosine"
-
-
-class Network(nn.Module):
-    """The classifier as evaluation and export see it: ``image -> (logits, features,
-    ood_score)``. The weights are the checkpoint's; temperature and centroids are buffers, so
-    they travel into the ONNX graph as constants."""
-
-    def __init__(self, model: nn.Module, calibration: Calibration, num_classes: int):
-        super().__init__()
-        self.body, self.head = split_head(model)
-        centroids = calibration.centroids
-        if centroids is None:
-            centroids = torch.zeros(num_classes, self.head.in_features)
-        self.register_buffer("temperature", torch.tensor(float(calibration.temperature)))
-        self.register_buffer("centroids", centroids.float())
-        self.rule = SCORE_RULES[calibration.ood_score]
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raw = self.body(image)
-        logits = self.head(raw)
-        features = F.normalize(raw.float(), dim=1)
-        return logits, features, self.rule(logits.float(), features, self.temperature, self.centroids)
-
+from runtime.openset import threshold_for
 
 TEMPERATURE_RANGE = (0.05, 20.0)
 

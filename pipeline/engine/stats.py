@@ -10,15 +10,16 @@ import math
 
 import polars as pl
 
-from pipeline.dedupe import conflicting_labels
+from pipeline.engine.schema import PICTURES, Split
+from pipeline.engine.dedupe import conflicting_labels
 
-SPLITS = ("train", "val", "test")
+SPLITS = (Split.TRAIN, Split.VAL, Split.TEST)
 
 
 def channel_stats(df: pl.LazyFrame) -> tuple[list[float], list[float]]:
     """Per-channel RGB mean and std (0..1) over the train split, each image weighing the same
     (from its per-image moments: no pixels are held in memory)."""
-    moments = df.filter(pl.col("split") == "train").select(
+    moments = df.filter(pl.col("split") == Split.TRAIN).select(
         *(pl.col(column).list.get(c).mean().alias(f"{column}{c}") for column in ("pixel_mean", "pixel_sq_mean") for c in range(3))
     ).collect().row(0)
     if moments[0] is None:  # no training image
@@ -56,19 +57,19 @@ def summarise(df: pl.LazyFrame, classes: list[str], empty_folders: list[str], co
     per_split = counts(df, classes)
     totals = dict(df.group_by("split").len().collect().iter_rows())
     copies = df.filter(pl.col("duplicate_of").is_not_null()).group_by("duplicate_of").agg(pl.col("path").sort()).sort("duplicate_of")
-    problems = df.filter(~pl.col("status").is_in(["ok", "duplicate", "leak"])).select("path", "status", "reason")
+    problems = df.filter(~pl.col("status").is_in(PICTURES)).select("path", "status", "reason")
     return {
         "classes": classes,
         "mean": mean,
         "std": std,
         "counts": per_split,
-        "totals": {s: totals.get(s, 0) for s in (*SPLITS, "excluded")},
+        "totals": {s: totals.get(s, 0) for s in (*SPLITS, Split.EXCLUDED)},
         "status": dict(sorted(df.group_by("status").len().collect().iter_rows())),
         "exact_duplicate_groups": [[kept, *paths] for kept, paths in copies.collect().iter_rows()],
         "near_duplicate_groups": groups_of(df.filter(pl.col("group_size") > 1), "group"),
         "leaks": df.filter(pl.col("leak")).select("path").collect()["path"].to_list(),
         "label_conflicts": [list(pair) for pair in conflicting_labels(df)],
-        "empty_classes": [c for c in classes if per_split["train"][c] == 0],
+        "empty_classes": [c for c in classes if per_split[Split.TRAIN][c] == 0],
         "problems": problems.collect().to_dicts() + [{"path": p, "status": "empty_folder", "reason": "class folder holds no file"} for p in empty_folders],
         "config": config,
     }

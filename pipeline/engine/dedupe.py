@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import polars as pl
 
-from pipeline.fingerprint import THUMB_SIZE
+from pipeline.engine.schema import Status
+from pipeline.engine.fingerprint import THUMB_SIZE
 
 PHASH_MAX_DISTANCE = 12  # of 64 bits: proposes a pair
 EXACT_MAX_FILES = 300_000  # up to here every pair of hashes is compared: as fast as the graph index there, less memory
@@ -37,7 +38,7 @@ def mark_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
     used. ``df`` is in path order: decided on row numbers, hashes and labels, the paths are
     looked up once at the end."""
     _check_path_order(df, "mark_exact_duplicates")
-    ok = df.lazy().with_row_index("_row").filter(pl.col("status") == "ok").select("_row", "hash", "label", "source")
+    ok = df.lazy().with_row_index("_row").filter(pl.col("status") == Status.OK).select("_row", "hash", "label", "source")
     per_hash = ok.group_by("hash").agg(
         (pl.col("label").drop_nulls().n_unique() > 1).alias("_conflict"),
         pl.coalesce(  # a labelled test copy stays in the test set; a test file of no label is never scored
@@ -66,8 +67,8 @@ def mark_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
     )
     conflict = pl.col("_conflict")
     return out.with_columns(
-        pl.when(conflict).then(pl.lit("label_conflict"))
-        .when(pl.col("duplicate_of").is_not_null()).then(pl.lit("duplicate"))
+        pl.when(conflict).then(pl.lit(Status.LABEL_CONFLICT))
+        .when(pl.col("duplicate_of").is_not_null()).then(pl.lit(Status.DUPLICATE))
         .otherwise(pl.col("status")).alias("status"),
         pl.when(conflict & pl.col("_other").is_null()).then(pl.lit("no label of its own; same bytes as files of two labels"))
         .when(conflict).then(pl.format("same bytes as {} (label {})", pl.col("_other"), pl.col("_other_label")))
@@ -98,7 +99,7 @@ def _gather_index(index: np.ndarray) -> pl.Series:
 def conflicting_labels(df: pl.LazyFrame) -> list[tuple[str, str, int]]:
     """(label, other label, files) for each pair of labels that share identical files."""
     pairs = (
-        df.lazy().filter(pl.col("status") == "label_conflict")
+        df.lazy().filter(pl.col("status") == Status.LABEL_CONFLICT)
         .with_columns(pl.col("reason").str.extract(r"\(label (.+)\)$").alias("_other_label"))
         .filter(pl.col("label").is_not_null() & pl.col("_other_label").is_not_null())  # a file of no label is not a pair
         .with_columns(pl.min_horizontal("label", "_other_label").alias("a"), pl.max_horizontal("label", "_other_label").alias("b"))
@@ -120,7 +121,8 @@ def _ordered_unique(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return np.stack([key // n, key % n], axis=1)
 
 
-def candidate_chunks(phash: np.ndarray, max_distance: int, exact_max: int = EXACT_MAX_FILES, workers: int = 2) -> Iterator[np.ndarray]:
+def candidate_chunks(phash: np.ndarray, max_distance: int, exact_max: int = EXACT_MAX_FILES, workers: int = 2,
+                     chunk: int | None = None) -> Iterator[np.ndarray]:
     """Pairs (i, j), i < j, whose hashes differ in at most ``max_distance`` bits, a chunk of
     query hashes at a time: whoever consumes them holds one chunk's candidates, not all.
 
@@ -132,7 +134,8 @@ def candidate_chunks(phash: np.ndarray, max_distance: int, exact_max: int = EXAC
     over every ``workers``-th hash, each built on its own thread: the cores are used, and the
     same hashes always give the same graphs and pairs (the manifest stays reproducible, which
     one index built by several threads would not); every hash is then looked up in all of them.
-    A pair can come in two chunks (once from each end)."""
+    A pair can come in two chunks (once from each end). ``chunk``: hashes looked up at once
+    (default ``RANGE_CHUNK`` for the exact search, ``CHUNK`` for the graphs)."""
     import faiss
 
     n, codes = len(phash), _codes(phash)
@@ -140,8 +143,9 @@ def candidate_chunks(phash: np.ndarray, max_distance: int, exact_max: int = EXAC
         faiss.omp_set_num_threads(workers)
         index = faiss.IndexBinaryFlat(64)
         index.add(codes)
-        for start in range(0, n, RANGE_CHUNK):
-            limits, _, found = index.range_search(codes[start : start + RANGE_CHUNK], max_distance + 1)  # radius is exclusive
+        step = chunk or RANGE_CHUNK
+        for start in range(0, n, step):
+            limits, _, found = index.range_search(codes[start : start + step], max_distance + 1)  # radius is exclusive
             query = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64))
             yield _ordered_unique(query, found.astype(np.int64), n)
         return
@@ -153,17 +157,19 @@ def candidate_chunks(phash: np.ndarray, max_distance: int, exact_max: int = EXAC
     with ThreadPoolExecutor(workers) as pool:  # faiss releases the GIL while it builds
         list(pool.map(lambda job: job[0].add(codes[job[1]]), zip(indexes, shards)))
     faiss.omp_set_num_threads(workers)
-    for start in range(0, n, CHUNK):
-        query = np.repeat(np.arange(start, min(n, start + CHUNK)), NEIGHBOURS)
+    step = chunk or CHUNK
+    for start in range(0, n, step):
+        query = np.repeat(np.arange(start, min(n, start + step)), NEIGHBOURS)
         for index, members in zip(indexes, shards):
-            distances, found = index.search(codes[start : start + CHUNK], NEIGHBOURS)
+            distances, found = index.search(codes[start : start + step], NEIGHBOURS)
             keep = (distances.ravel() <= max_distance) & (found.ravel() >= 0)
             yield _ordered_unique(query[keep], members[found.ravel()[keep]], n)
 
 
-def candidate_pairs(phash: np.ndarray, max_distance: int, exact_max: int = EXACT_MAX_FILES, workers: int = 2) -> np.ndarray:
+def candidate_pairs(phash: np.ndarray, max_distance: int, exact_max: int = EXACT_MAX_FILES, workers: int = 2,
+                    chunk: int | None = None) -> np.ndarray:
     """Every candidate pair at once, sorted (``candidate_chunks`` joined): to compare methods."""
-    return _joined(list(candidate_chunks(phash, max_distance, exact_max, workers)), len(phash))
+    return _joined(list(candidate_chunks(phash, max_distance, exact_max, workers, chunk)), len(phash))
 
 
 def _joined(chunks: list[np.ndarray], n: int) -> np.ndarray:
@@ -184,12 +190,13 @@ def verified(pairs: np.ndarray, thumbs: np.ndarray, max_difference: float, rows:
 
 
 def near_duplicate_pairs(phash: np.ndarray, thumbs: np.ndarray, max_distance: int, max_difference: float,
-                         exact_max: int = EXACT_MAX_FILES, workers: int = 2, rows: np.ndarray | None = None) -> np.ndarray:
+                         exact_max: int = EXACT_MAX_FILES, workers: int = 2, rows: np.ndarray | None = None,
+                         chunk: int | None = None) -> np.ndarray:
     """The verified pairs, sorted: each chunk of candidates is checked as it comes, so memory
     holds the (few) verified pairs, not every candidate (on generated frames 2% of them are kept).
     Hash i's thumbnail is ``thumbs[rows[i]]`` (``thumbs[i]`` without ``rows``): a table's
     thumbnails serve any subset of its rows without a copy."""
-    chunks = [verified(c, thumbs, max_difference, rows) for c in candidate_chunks(phash, max_distance, exact_max, workers)]
+    chunks = [verified(c, thumbs, max_difference, rows) for c in candidate_chunks(phash, max_distance, exact_max, workers, chunk)]
     return _joined(chunks, len(phash))
 
 
@@ -233,7 +240,7 @@ def group_near_duplicates(
     Unreadable files have no group."""
     _check_path_order(df, "group_near_duplicates")
     paths = df.get_column("path")
-    ok = df.get_column("status") == "ok"
+    ok = df.get_column("status") == Status.OK
     rows = np.flatnonzero(ok.to_numpy())
     phash = df.get_column("phash").filter(ok).cast(pl.UInt64).to_numpy()
     pairs = near_duplicate_pairs(phash, thumbs, max_distance, max_difference, workers=os.cpu_count() or 1, rows=rows)
@@ -253,12 +260,12 @@ def mark_leaks(df: pl.DataFrame, keep_leaks: bool = False) -> pl.DataFrame:
     """A training image whose group holds a test image would let the model see the test set:
     mark it ``leak`` (or only flag it, with ``keep_leaks``, to reproduce published numbers)."""
     test_groups = df.lazy().filter((pl.col("source") == "test") & pl.col("group").is_not_null()).select(pl.col("group").unique()).collect()["group"]
-    leak = (pl.col("source") == "train") & pl.col("group").is_in(test_groups.implode()) & (pl.col("status") == "ok")
+    leak = (pl.col("source") == "train") & pl.col("group").is_in(test_groups.implode()) & (pl.col("status") == Status.OK)
     out = df.with_columns(leak.alias("leak"))
     if keep_leaks:
         return out
     return out.with_columns(
-        pl.when(pl.col("leak")).then(pl.lit("leak")).otherwise(pl.col("status")).alias("status"),
+        pl.when(pl.col("leak")).then(pl.lit(Status.LEAK)).otherwise(pl.col("status")).alias("status"),
         pl.when(pl.col("leak"))
         .then(pl.format("near-duplicate of test image group {}", pl.col("group")))
         .otherwise(pl.col("reason"))

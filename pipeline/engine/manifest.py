@@ -12,17 +12,20 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import polars as pl
 import xxhash
 
-from pipeline import dedupe, split, stats
-from pipeline import plots as plots_module
-from pipeline.fingerprint import BAD_NAME, FINGERPRINT_SCHEMA, FINGERPRINT_VERSION, KEY, fingerprint
-from pipeline.io import ShardCache, atomic_write, sink_parquet, write_json
-from pipeline.scan import scan
+from pipeline.engine.schema import COLUMNS, USABLE, Split, Status
+from pipeline.engine import dedupe, split, stats
+from pipeline import figures
+from pipeline.engine.fingerprint import BAD_NAME, FINGERPRINT_SCHEMA, FINGERPRINT_VERSION, KEY, fingerprint
+from pipeline.engine.cache import ShardCache
+from pipeline.writers import atomic_write, sink_parquet, write_json
+from pipeline.engine.scan import scan
 from runtime.errors import SimpsonsError
 from runtime.files import BusyError, Lock, check_writable
 from runtime.progress import progress
@@ -31,10 +34,6 @@ log = logging.getLogger("simpsons.manifest")
 MANIFEST = "manifest.parquet"
 STATS = "stats.json"
 CACHE_CHUNK = 256  # files fingerprinted between two cache saves
-COLUMNS = [
-    "path", "label", "split", "status", "reason", "source", "hash", "size_bytes", "width", "height",
-    "format", "phash", "group", "group_size", "duplicate_of", "leak", "pixel_mean", "pixel_sq_mean",
-]
 DECIDED_ON = ["status", "reason", "hash", "phash"]  # the fingerprint columns the decisions read (thumbnails: dedupe.thumbnails)
 CARRIED = ["hash", "format", "width", "height", "pixel_mean", "pixel_sq_mean"]  # into the manifest as they are
 
@@ -50,7 +49,7 @@ class ManifestConfig:
 
 def class_list(df: pl.DataFrame) -> list[str]:
     """Sorted names of the class folders holding at least one readable image; index = class id."""
-    ok = df.lazy().filter((pl.col("source") == "train") & (pl.col("status") == "ok"))
+    ok = df.lazy().filter((pl.col("source") == "train") & (pl.col("status") == Status.OK))
     return sorted(ok.select(pl.col("label").unique()).collect()["label"].to_list())
 
 
@@ -62,7 +61,7 @@ def decide(files: pl.DataFrame, fingerprints: pl.LazyFrame, config: ManifestConf
     narrow = fingerprints.select(*DECIDED_ON).with_columns(pl.col("hash").str.to_integer(base=16, dtype=pl.UInt64))
     df = pl.concat([files.select("path", "source", "label", "size_bytes", "bad_name"), narrow.collect()], how="horizontal")
     df = df.with_columns(  # the scan's word, not the cache's: a name escaped like another's shares its key
-        pl.when(pl.col("bad_name")).then(pl.lit("bad_name")).otherwise(pl.col("status")).alias("status"),
+        pl.when(pl.col("bad_name")).then(pl.lit(Status.BAD_NAME)).otherwise(pl.col("status")).alias("status"),
         pl.when(pl.col("bad_name")).then(pl.lit(BAD_NAME)).otherwise(pl.col("reason")).alias("reason"),
     ).drop("bad_name")
     classes = class_list(df)
@@ -96,13 +95,16 @@ def cache_folder(data_root: Path) -> Path:
 
 
 def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | None = None, plots: bool = True,
-        ray: str | None = None) -> dict:
+        ray: str | None = None, chunk: int = CACHE_CHUNK, show: Callable = progress) -> dict:
     """Build and write the manifest; returns the statistics. Bad files become rows with a
-    status and one warning line each; nothing here stops on a bad file."""
+    status and one warning line each; nothing here stops on a bad file. ``chunk`` files are
+    fingerprinted between two cache saves; ``show`` wraps the fingerprinting's iterator (a
+    progress bar)."""
     files, empty = scan(data_root)
     check_writable(out_dir)
     with Lock(out_dir / MANIFEST), _cache_lock(data_root):  # a second run into the same folder is refused, not interleaved
-        return _run(data_root, out_dir, config, files, empty, workers, plots, ray)
+        fingerprints = _fingerprints(data_root, files, workers, ray, chunk, show)
+        return _write(data_root, out_dir, config, files, fingerprints, empty, plots)
 
 
 def _cache_lock(data_root: Path) -> Lock:
@@ -116,9 +118,9 @@ def _cache_lock(data_root: Path) -> Lock:
         return Lock(cache_folder(data_root).parent, wait=True)
 
 
-def _run(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataFrame, empty: list[str],
-         workers: int | None, plots: bool, ray: str | None) -> dict:
-    manifest, classes = build(files, _fingerprints(data_root, files, workers, ray), config)
+def _write(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataFrame, fingerprints: pl.LazyFrame,
+           empty: list[str], plots: bool) -> dict:
+    manifest, classes = build(files, fingerprints, config)
     previous = _read_json(out_dir / STATS)
 
     def publish(tmp: Path) -> dict:
@@ -131,27 +133,28 @@ def _run(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataF
 
     summary = atomic_write(out_dir / MANIFEST, publish)
     for problem in summary["problems"]:
-        if problem["status"] != "label_conflict":  # one line per pair of classes below, not per file
+        if problem["status"] != Status.LABEL_CONFLICT:  # one line per pair of classes below, not per file
             log.warning("%s: %s [%s]", problem["path"], problem["reason"], problem["status"])
     for a, b, n in summary["label_conflicts"]:
         log.warning("%s and %s hold %d identical file(s) (a linked or copied folder?): all marked label_conflict and unused", a, b, n)
     for label in summary["empty_classes"]:
         log.warning("class %s has no training image left (see its files' status in the manifest)", label)
-    unchanged = previous.get("counts") == summary["counts"] and all((out_dir / n).is_file() for n in plots_module.CHARTS)
+    unchanged = previous.get("counts") == summary["counts"] and all((out_dir / n).is_file() for n in figures.CHARTS)
     if plots and not unchanged:
-        plots_module.class_distribution(summary["counts"], classes, out_dir)
+        figures.class_distribution(summary["counts"], classes, out_dir)
     return summary
 
 
-def _fingerprints(data_root: Path, files: pl.DataFrame, workers: int | None, ray: str | None) -> pl.LazyFrame:
+def _fingerprints(data_root: Path, files: pl.DataFrame, workers: int | None, ray: str | None, chunk: int,
+                  show: Callable) -> pl.LazyFrame:
     """Fingerprint what the cache lacks, fold the cache into one file holding a row for each of
     the ``files`` in their order, and hand the build a scan of it: the fingerprint table is
     never whole in memory."""
     cache, current = ShardCache(cache_folder(data_root), KEY, FINGERPRINT_SCHEMA), files.select(KEY)
     for _ in range(3):  # again only when a shard was found damaged: its files are fingerprinted anew
         fingerprint(
-            files, data_root, cache.keys(), cache.save, workers or os.cpu_count() or 1, CACHE_CHUNK,
-            progress=lambda it, total: progress(it, total, "fingerprinting"), ray=ray,
+            files, data_root, cache.keys(), cache.save, workers or os.cpu_count() or 1, chunk,
+            progress=lambda it, total: show(it, total, "fingerprinting"), ray=ray,
         )
         if cache.compact(current):
             break
@@ -178,8 +181,42 @@ class CacheError(SimpsonsError):
     """The fingerprint cache cannot be written back whole."""
 
 
-def read(manifest: Path) -> tuple[pl.DataFrame, dict]:
-    """The manifest and the ``stats.json`` written beside it: what training and export read."""
+@dataclass(frozen=True)
+class Manifest:
+    """The manifest and the ``stats.json`` beside it, as training, evaluation, the audit and
+    export read them."""
+
+    path: Path
+    table: pl.DataFrame
+    stats: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return self.stats["classes"]
+
+    @property
+    def mean(self) -> list[float]:
+        return self.stats["mean"]
+
+    @property
+    def std(self) -> list[float]:
+        return self.stats["std"]
+
+    def data_root(self, override: str | Path | None = None) -> Path:
+        """Where the relative paths live: ``override`` (``--data-root``) or the folder the
+        manifest was built from."""
+        root = Path(override or self.stats["config"]["data_root"])
+        if not root.is_dir():
+            raise ManifestError(f"data root {root} is not a folder (moved? pass --data-root)")
+        return root
+
+    def rows(self, split: Split | str) -> pl.DataFrame:
+        """The usable rows of one split, in path order."""
+        return self.table.filter((pl.col("split") == split) & pl.col("status").is_in(USABLE)).sort("path")
+
+
+def read(manifest: Path) -> Manifest:
+    """Read a manifest written by ``run``; a file that is not one is one clear error."""
     try:
         table = pl.read_parquet(manifest)
         stats = json.loads((manifest.parent / STATS).read_text())
@@ -190,13 +227,4 @@ def read(manifest: Path) -> tuple[pl.DataFrame, dict]:
     missing = {"path", "label", "split", "status"} - set(table.columns)
     if missing or "classes" not in stats:
         raise ManifestError(f"{manifest}: not a manifest written by `simpsons manifest` (lacks {sorted(missing) or 'classes'})")
-    return table, stats
-
-
-def data_root(stats: dict, override: str | Path | None = None) -> Path:
-    """Where the manifest's relative paths live: ``override`` (``--data-root``) or the folder
-    the manifest was built from. Train, evaluate and export all resolve it here."""
-    root = Path(override or stats["config"]["data_root"])
-    if not root.is_dir():
-        raise ManifestError(f"data root {root} is not a folder (moved? pass --data-root)")
-    return root
+    return Manifest(manifest, table, stats)

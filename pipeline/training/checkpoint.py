@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.io import atomic_write
+from pipeline.writers import atomic_write
 from runtime.errors import SimpsonsError
 from runtime.metadata import Preprocessing
 from runtime.openset import ACCEPT_KNOWN
@@ -134,7 +134,7 @@ class Checkpoint:
         """The trained network, in eval mode."""
         import torchvision
 
-        from pipeline.model import available_archs
+        from pipeline.training.model import available_archs
 
         if self.arch not in available_archs():
             raise CheckpointError(f"checkpoint architecture {self.arch!r} is unknown to this torchvision")

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline import manifest as manifest_io
-from pipeline.io import atomic_write
-from runtime.errors import SimpsonsError
+from pipeline.engine.schema import PICTURES, Split, Status
+from pipeline.engine import manifest as manifest_io
+from pipeline.writers import atomic_write
 
 log = logging.getLogger("simpsons.audit")
 PAGE = "audit.html"
@@ -34,10 +34,6 @@ THUMB = 96  # thumbnail size, px
 MISSING = ("data:image/svg+xml;base64," + base64.b64encode(
     b'<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96"><rect width="96" height="96" fill="#eee"/>'
     b'<text x="48" y="52" font-size="11" text-anchor="middle" fill="#999">missing</text></svg>').decode())
-
-
-class AuditError(SimpsonsError):
-    """The audit cannot be made as asked."""
 
 
 @dataclass
@@ -72,7 +68,7 @@ class Section:
 def totals(df: pl.DataFrame, stats: dict) -> Section:
     counts = (df.group_by("label", "split").len().pivot(on="split", index="label", values="len").fill_null(0)
               .filter(pl.col("label").is_not_null()).sort("label"))
-    splits = [s for s in ("train", "val", "test", "excluded") if s in counts.columns]
+    splits = [s for s in Split if s in counts.columns]
     biggest = max(1, int(counts.select(pl.sum_horizontal(splits)).max().item()))
     rows = []
     for row in counts.iter_rows(named=True):
@@ -122,9 +118,9 @@ def label_conflicts(df: pl.DataFrame) -> Section:
         members = df.filter(pl.col("group") == group).sort("label", "path")
         blocks.append(Block(f"{size} near-identical frames under {labels} labels",
                             [Item(p, [label, s]) for p, label, s in members.select("path", "label", "status").iter_rows()]))
-    same = df.filter(pl.col("status") == "label_conflict").sort("hash", "label")
+    same = df.filter(pl.col("status") == Status.LABEL_CONFLICT).sort("hash", "label")
     for _, members in same.group_by("hash", maintain_order=True):
-        blocks.append(Block("the same bytes under two labels", [Item(p, [label, "label_conflict"]) for p, label in
+        blocks.append(Block("the same bytes under two labels", [Item(p, [label, Status.LABEL_CONFLICT.value]) for p, label in
                                                                  members.select("path", "label").iter_rows()]))
     return Section("label-conflicts", "Label conflicts", "Near-identical frames filed under different characters: a "
                    "wrong label, or a frame showing two characters. Identical files under two labels are excluded.",
@@ -132,7 +128,7 @@ def label_conflicts(df: pl.DataFrame) -> Section:
 
 
 def bad_files(df: pl.DataFrame, stats: dict) -> Section:
-    bad = [p for p in stats["problems"] if p["status"] not in ("label_conflict",)]
+    bad = [p for p in stats["problems"] if p["status"] != Status.LABEL_CONFLICT]
     items = [Item(p["path"], [p["status"], p["reason"] or ""], thumbnail=False) for p in bad]
     return Section("bad-files", "Bad files", "Every file the engine could not use, with the reason.",
                    [Block(f"{len(items)} file(s)", items[: CAP * 5])] if items else [], max(0, len(items) - CAP * 5))
@@ -141,7 +137,7 @@ def bad_files(df: pl.DataFrame, stats: dict) -> Section:
 def classes(df: pl.DataFrame, seed: int = 0) -> Section:
     """Per class: size and aspect-ratio outliers (more than 3 MADs from the class's median of
     log area or log aspect) and a seeded strip of random examples."""
-    usable = df.filter(pl.col("status").is_in(["ok", "duplicate", "leak"]) & (pl.col("source") == "train") & pl.col("width").is_not_null())
+    usable = df.filter(pl.col("status").is_in(PICTURES) & (pl.col("source") == "train") & pl.col("width").is_not_null())
     usable = usable.with_columns((pl.col("width") * pl.col("height")).log().alias("_area"),
                                  (pl.col("width") / pl.col("height")).log().alias("_aspect"))
     rng, blocks = random.Random(seed), []
@@ -248,13 +244,13 @@ def write_issues(path: Path, issues: pl.DataFrame) -> None:
 
 def run(out_dir: Path, checkpoint: Path | None = None, folds: int = 0, workers: int = 2, device: str = "auto") -> Path:
     """Write ``out_dir/audit.html`` (and with a checkpoint ``label_issues.csv``); returns the page."""
-    df, stats = manifest_io.read(out_dir / manifest_io.MANIFEST)
-    root = manifest_io.data_root(stats)
-    parts = sections(df, stats)
+    manifest = manifest_io.read(out_dir / manifest_io.MANIFEST)
+    root = manifest.data_root()
+    parts = sections(manifest.table, manifest.stats)
     if checkpoint is not None:
-        from pipeline.label_issues import find
+        from pipeline.audit.label_issues import find
 
-        issues, misclassified = find(df, stats, checkpoint, folds, workers, device)
+        issues, misclassified = find(manifest, checkpoint, folds, workers, device)
         parts += label_issues_section(issues, misclassified)
         write_issues(out_dir / ISSUES, issues)
     shown = {item.path for s in parts for b in s.blocks for item in b.items if item.thumbnail}

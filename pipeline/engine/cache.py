@@ -1,40 +1,14 @@
-"""Writing files so that a run killed half-way never leaves a truncated one, and the
-fingerprint cache that lets a rerun skip work already done."""
+"""The fingerprint cache: Parquet shards that let a rerun skip the files it has already read."""
 
 from __future__ import annotations
 
-import errno
 import functools
-import json
-import os
-import re
 from pathlib import Path
 
 import polars as pl
 
-from runtime.files import atomic_write, remove_stale_temporaries
-
-__all__ = ["ShardCache", "atomic_write", "sink_parquet", "write_json", "write_parquet"]
-ROW_GROUP = 4_096  # rows a Parquet writer buffers before it writes them: its memory, whatever the table's length
-
-
-def write_json(path: Path, data: object) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
-
-
-def write_parquet(path: Path, df: pl.DataFrame | pl.LazyFrame) -> None:
-    atomic_write(path, lambda tmp: sink_parquet(df, tmp, path))
-
-
-def sink_parquet(df: pl.DataFrame | pl.LazyFrame, tmp: Path, path: Path) -> None:
-    """A table, or a query streamed into the file ``tmp`` that will become ``path``. Polars
-    reports a failed write (a full disk) as its own error; it is an OSError naming ``path``
-    here, so the commands report it in one line like any other write failure."""
-    try:
-        df.lazy().sink_parquet(tmp, statistics=False, row_group_size=ROW_GROUP)
-    except pl.exceptions.PolarsError as e:
-        code = re.search(r"os error (\d+)", str(e))
-        raise OSError(int(code.group(1)) if code else errno.EIO, os.strerror(int(code.group(1))) if code else str(e), str(path)) from None
+from pipeline.writers import write_parquet
+from runtime.files import remove_stale_temporaries
 
 
 class ShardCache:

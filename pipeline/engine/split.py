@@ -10,12 +10,14 @@ from __future__ import annotations
 import polars as pl
 import xxhash
 
+from pipeline.engine.schema import USABLE, Split, Status
+
 
 def mark_unknown_labels(df: pl.DataFrame, classes: list[str]) -> pl.DataFrame:
     """Test images whose name carries no training class cannot be scored."""
-    unknown = (pl.col("status") == "ok") & ~pl.col("label").is_in(classes)
+    unknown = (pl.col("status") == Status.OK) & ~pl.col("label").is_in(classes)
     return df.with_columns(
-        pl.when(unknown).then(pl.lit("unknown_label")).otherwise(pl.col("status")).alias("status"),
+        pl.when(unknown).then(pl.lit(Status.UNKNOWN_LABEL)).otherwise(pl.col("status")).alias("status"),
         pl.when(unknown)
         .then(pl.format("label {} is not a training class", pl.col("label").fill_null("(none)")))
         .otherwise(pl.col("reason"))
@@ -45,15 +47,15 @@ def choose_val_groups(groups: list[tuple[str, int]], val_fraction: float, seed: 
 def assign_split(df: pl.DataFrame, val_fraction: float = 0.15, seed: int = 0) -> pl.DataFrame:
     """``split``: train/val for usable class-folder images, test for usable test images,
     excluded for everything else (its status says why)."""
-    usable = (pl.col("status") == "ok")
+    usable = pl.col("status").is_in(USABLE)
     sizes = df.lazy().filter(usable & (pl.col("source") == "train")).group_by("label", "group").len().sort("label", "group").collect()
     val_groups: set[str] = set()
     for _, part in sizes.group_by("label", maintain_order=True):
         val_groups |= choose_val_groups(list(zip(part["group"], part["len"])), val_fraction, seed)
     return df.with_columns(
-        pl.when(~usable).then(pl.lit("excluded"))
-        .when(pl.col("source") == "test").then(pl.lit("test"))
-        .when(pl.col("group").is_in(list(val_groups))).then(pl.lit("val"))
-        .otherwise(pl.lit("train"))
+        pl.when(~usable).then(pl.lit(Split.EXCLUDED))
+        .when(pl.col("source") == "test").then(pl.lit(Split.TEST))
+        .when(pl.col("group").is_in(list(val_groups))).then(pl.lit(Split.VAL))
+        .otherwise(pl.lit(Split.TRAIN))
         .alias("split")
     )

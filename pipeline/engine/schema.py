@@ -1,0 +1,54 @@
+"""The manifest's vocabulary: every status and split a row can have, and every column, defined
+here once. The manifest is the contract between the stages; they name these values, never a
+bare string.
+
+``manifest.parquet``, one row per file found under the data root:
+
+| column | meaning |
+|---|---|
+| path | relative to the data root, ``/``-separated; undecodable bytes shown as ``\\xNN`` |
+| label | the class (folder name, or the test file's name prefix); null where none |
+| split | a ``Split``: train, val, test or excluded |
+| status | a ``Status``: why a row is used or not |
+| reason | for a row that is not ``ok``, a sentence saying why |
+| source | ``train`` (a class folder) or ``test`` (the test folder) |
+| hash | xxh3-64 of the bytes, hex |
+| size_bytes, width, height, format | the file's size and the image's header |
+| phash | 64-bit DCT perceptual hash (near-duplicate candidates) |
+| group, group_size | the near-duplicate group (the path of its first member) and its size |
+| duplicate_of | for a ``duplicate``, the path of the kept copy |
+| leak | for a training image, the test image it is a copy of |
+| pixel_mean, pixel_sq_mean | per-channel moments at a small size (the training mean/std) |
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    OK = "ok"  # a readable image with a known class: used
+    UNREADABLE = "unreadable"  # the file could not be read (permissions, I/O error)
+    NOT_IMAGE = "not_image"  # not an image (another kind of file, or empty)
+    CORRUPT = "corrupt"  # an image file that does not decode
+    BAD_NAME = "bad_name"  # its name is not valid UTF-8: cannot be named in the manifest
+    DUPLICATE = "duplicate"  # byte-identical to the kept copy (duplicate_of)
+    LABEL_CONFLICT = "label_conflict"  # the same bytes under two classes: no label can be trusted
+    LEAK = "leak"  # a training image whose near-duplicate group holds a test image
+    UNKNOWN_LABEL = "unknown_label"  # a test image whose name carries no training class
+
+
+class Split(StrEnum):
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+    EXCLUDED = "excluded"  # every row that is not ok; its status says why
+
+
+USABLE = (Status.OK,)  # the rows training, evaluation and export use
+PICTURES = (Status.OK, Status.DUPLICATE, Status.LEAK)  # decoded images whose label stands: the audit's per-class view
+
+COLUMNS = [
+    "path", "label", "split", "status", "reason", "source", "hash", "size_bytes", "width", "height",
+    "format", "phash", "group", "group_size", "duplicate_of", "leak", "pixel_mean", "pixel_sq_mean",
+]
