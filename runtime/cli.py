@@ -11,14 +11,18 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from runtime.labels import label_from_path
 from runtime.listing import Listing, display_path
 from runtime.logs import to_stderr
+from runtime.memory import return_large_blocks
 from runtime.progress import progress
 
 log = logging.getLogger("simpsons.infer")
@@ -164,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         return fail(str(e))
     to_stderr("simpsons-infer", logging.WARNING)
+    return_large_blocks()
+    # Pillow warns from the header of any picture above 89 MP; runtime.preprocess.MAX_PIXELS
+    # decides, after a JPEG's reduction on decode, and its refusal is the row's reason.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     from runtime.classifier import Classifier
     from runtime.errors import SimpsonsError
     from runtime.writers import STREAMED, open_writer

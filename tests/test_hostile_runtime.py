@@ -1,0 +1,242 @@
+"""Hostile inputs to the runtime and ``simpsons-infer`` (issue 23): every file planted here made
+a run crash, hang, lose rows or exhaust memory before its fix. The files are made here, small,
+from scratch: nothing depends on ../shared."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.cli import main as infer
+from runtime.preprocess import ImageError, load_image
+from tests import tiny_models as tiny
+from tests.conftest import easy_dataset
+
+RED = (200, 40, 40)
+
+
+# ----- hostile files, made here -----
+
+def tiff_with_float_offset(path: Path) -> Path:
+    """A TIFF whose strip offset is stored as a DOUBLE: Pillow seeks to a float (TypeError)."""
+    buffer = io.BytesIO()
+    Image.new("CMYK", (40, 30), (0, 5, 55, 255)).save(buffer, "TIFF")
+    data = bytearray(buffer.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for entry in range(ifd + 2, ifd + 2 + 12 * struct.unpack_from("<H", data, ifd)[0], 12):
+        tag, _, _, offset = struct.unpack_from("<HHII", data, entry)
+        if tag == 273:  # StripOffsets
+            struct.pack_into("<HII", data, entry + 2, 12, 1, len(data))  # DOUBLE, stored at the end
+            data += struct.pack("<d", offset)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def jpeg_with_mistyped_exif(path: Path) -> Path:
+    """A 40x30 JPEG whose EXIF says "rotate 90 clockwise" (orientation 6) beside an ImageWidth
+    stored as a RATIONAL: re-encoding that EXIF, as ImageOps.exif_transpose does, raises
+    struct.error. A blue square marks the stored top-left corner."""
+    entries = struct.pack("<HHII", 256, 5, 1, 38) + struct.pack("<HHII", 274, 3, 1, 6)  # 38: where the rational is
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 2) + entries + struct.pack("<I", 0) + struct.pack("<II", 1, 3)
+    img = Image.new("RGB", (40, 30), RED)
+    img.paste((30, 90, 200), (0, 0, 10, 10))
+    img.save(path, quality=95, exif=b"Exif\x00\x00" + tiff)
+    return path
+
+
+def flat_png(path: Path, width: int, height: int, mode: str) -> Path:
+    """A valid PNG of one flat colour, compressed a block of rows at a time: a 13000x13000
+    picture costs this test a few megabytes, and a careless decoder gigabytes."""
+    depth, colour, pixel = {"I;16": (16, 0, b"\x0f\xa0"), "RGBA": (8, 6, bytes((*RED, 128)))}[mode]
+    row = b"\x00" + pixel * width  # filter type 0, then the pixels
+    rows_per_block = max(1, (4 << 20) // len(row))
+    packer = zlib.compressobj(1)
+    body = [packer.compress(row * min(rows_per_block, height - top)) for top in range(0, height, rows_per_block)]
+    body.append(packer.flush())
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(body)) + chunk(b"IEND", b""))
+    return path
+
+
+# ----- models and folders -----
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny.plain(tmp_path_factory.mktemp("model") / "model.onnx", ood_threshold=-1.0)
+
+
+def make_portable(plain: Path, out: Path) -> Path:
+    from export.onnx_export import write_metadata
+    from export.portable import make_portable as wrap
+
+    wrap(plain, out, tiny.PRE, temperature=1.0)
+    write_metadata(out, tiny.info(variant="portable", ood_threshold=-1.0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def portable(model: Path) -> Path:
+    return make_portable(model, model.with_name("model.portable.onnx"))
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Twelve colour pictures the tiny model knows."""
+    return easy_dataset(tmp_path / "easy", per_class=1, test_per_class=4) / "kaggle_simpson_testset"
+
+
+def read_rows(out: Path) -> list[dict]:
+    if out.suffix == ".csv":
+        with out.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    if out.suffix == ".jsonl":
+        return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    if out.suffix == ".json":
+        return json.loads(out.read_text(encoding="utf-8"))
+    import pyarrow.parquet as pq
+
+    return pq.read_table(out).to_pylist()
+
+
+def peak_run(args: list[str], timeout: int = 300) -> tuple[int, int, str]:
+    """``simpsons-infer ARGS`` in a fresh process: exit code, peak memory (VmHWM, MB), stderr."""
+    code = ("import re, sys; from runtime.cli import main; rc = main(sys.argv[1:]); "
+            "print(rc, int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024)")
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    rc, peak = map(int, done.stdout.split()[-2:])
+    return rc, peak, done.stderr
+
+
+# ----- 1. one hostile file never stops a run -----
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".json", ".parquet"])
+def test_a_file_that_breaks_pillow_is_a_row_in_every_format(folder: Path, model: Path, tmp_path: Path, suffix: str, capsys):
+    tiff_with_float_offset(folder / "evil.tif")
+    out = tmp_path / f"rows{suffix}"
+    assert infer([str(folder), "--model", str(model), "-o", str(out), "-q"]) == 0
+    rows = {Path(r["path"]).name: r for r in read_rows(out)}
+    assert len(rows) == 13 and rows["evil.tif"]["status"].startswith("cannot decode:")
+    assert sum(r["status"] == "ok" for r in rows.values()) == 12
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_decode_errors_of_any_kind_become_image_errors_but_memory_errors_pass(tmp_path: Path, monkeypatch):
+    from runtime import preprocess
+
+    path = tiff_with_float_offset(tmp_path / "evil.tif")
+    with pytest.raises(ImageError, match="cannot decode"):
+        load_image(path)
+    for raised, expected in [(IndexError("list index out of range"), ImageError), (KeyError(7), ImageError),
+                             (MemoryError(), MemoryError), (KeyboardInterrupt(), KeyboardInterrupt)]:
+        def broken(img, raised=raised):
+            raise raised
+
+        monkeypatch.setattr(preprocess, "to_rgb", broken)
+        with pytest.raises(expected):
+            load_image(jpeg_with_mistyped_exif(tmp_path / "ok.jpg"))
+
+
+def test_a_mistyped_exif_tag_still_decodes_upright(tmp_path: Path):
+    """The orientation itself is readable: the picture is turned as it says; only re-encoding
+    the EXIF (which the runtime never needs) failed."""
+    img = load_image(jpeg_with_mistyped_exif(tmp_path / "evil_exif.jpg"))
+    assert img.size == (30, 40)  # turned 90 degrees clockwise
+    top_right = np.asarray(img)[:8, -8:].mean(axis=(0, 1))
+    assert top_right[2] > 150 and top_right[0] < 100  # the stored top-left (blue) is now top-right
+
+
+def test_an_unreadable_orientation_decodes_as_stored(tmp_path: Path):
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 274, 2, 4, 0x00343434) + struct.pack("<I", 0)
+    Image.new("RGB", (40, 30), RED).save(tmp_path / "odd.jpg", exif=b"Exif\x00\x00" + tiff)  # orientation "444" as text
+    assert load_image(tmp_path / "odd.jpg").size == (40, 30)
+
+
+# ----- 2. memory bound independent of the input -----
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory) -> Path:
+    """Pictures far above the pixel limit, under Pillow's own, and four just under it."""
+    root = tmp_path_factory.mktemp("bombs")
+    flat_png(root / "deep.png", 13000, 13000, "I;16")  # 357 KB on disk; was 4.46 GB
+    flat_png(root / "alpha.png", 13000, 13000, "RGBA")  # was 3.40 GB
+    at_limit = flat_png(root / "limit_0.png", 5600, 5700, "RGBA")  # 31.9 MP, each decoded alone
+    for i in range(1, 4):
+        (root / f"limit_{i}.png").symlink_to(at_limit)
+    return root
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from Linux's /proc")
+def test_pixel_bombs_are_refused_and_large_pictures_take_turns(bombs: Path, model: Path, tmp_path: Path):
+    out = tmp_path / "rows.csv"
+    rc, peak, err = peak_run([bombs, "--model", model, "-o", out, "-q", "--threads", "4"])
+    rows = {Path(r["path"]).name: r["status"] for r in read_rows(out)}
+    assert rc == 0 and peak < 600, (rc, peak, err[-500:])
+    assert rows["deep.png"] == rows["alpha.png"] == "too large: 13000x13000 pixels (169 MP) is above the 32 MP limit of one picture"
+    assert [rows[f"limit_{i}.png"] for i in range(4)] == ["ok"] * 4
+    assert "Traceback" not in err and "DecompressionBomb" not in err
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from Linux's /proc")
+def test_a_huge_jpeg_reaches_the_portable_model_reduced(portable: Path, tmp_path: Path):
+    Image.new("L", (12000, 12000), 90).save(tmp_path / "huge.jpg", quality=50)  # 144 MP: was 2.70 GB
+    rc, peak, err = peak_run([tmp_path / "huge.jpg", "--model", portable, "-o", tmp_path / "rows.csv", "-q"])
+    assert rc == 0 and peak < 250, (rc, peak, err[-500:])
+    assert read_rows(tmp_path / "rows.csv")[0]["status"] == "ok"
+
+
+def test_portable_frames_are_reduced_like_a_jpeg_draft(tmp_path: Path):
+    from runtime.preprocess import decode
+
+    Image.new("RGB", (400, 100), RED).save(tmp_path / "wide.png")
+    assert decode(tmp_path / "wide.png").shape == (100, 400, 3)
+    assert decode(tmp_path / "wide.png", min_size=18).shape == (20, 80, 3)  # / 5: the shorter side stays >= 18
+    assert decode(tmp_path / "wide.png", min_size=60).shape == (100, 400, 3)  # / 1
+    assert decode(tmp_path / "wide.png", min_size=40).shape == (50, 200, 3)  # / 2
+
+
+def test_portable_batches_are_cut_by_bytes(portable: Path, monkeypatch):
+    from runtime import classifier
+
+    monkeypatch.setattr(classifier, "BATCH_BYTES", 3000)
+    clf = classifier.Classifier(portable, device="cpu")
+    runs = []
+    real = clf.run
+    monkeypatch.setattr(clf, "run", lambda batch: runs.append(len(batch)) or real(batch))
+    frames = [np.full((20, 20, 3), 200, np.uint8)] * 10  # 1200 bytes each
+    assert len(clf.predict(frames, batch_size=32)) == 10
+    assert runs == [3, 3, 3, 1]
+
+
+def test_the_decoding_budget_lets_large_pictures_take_turns():
+    import threading
+    import time
+
+    from runtime.preprocess import PixelBudget
+
+    budget, most = PixelBudget(100), []
+
+    def decode(pixels: int) -> None:
+        with budget.hold(pixels):
+            most.append(budget.used)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=decode, args=(pixels,)) for pixels in (60, 60, 30, 500, 10, 90)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(most) == 6 and max(most) <= 100 and budget.used == 0
