@@ -24,7 +24,7 @@ from runtime.errors import DeviceError, MetadataError, ModelError, SimpsonsError
 from runtime.listing import display_path
 from runtime.metadata import FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, decode, read_sidecar
 from runtime.openset import check_threshold
-from runtime.parallel import in_order
+from runtime.parallel import in_order, usable_cores
 from runtime.preprocess import MAX_ASPECT, ImageSource, decode as decode_pixels, preprocess
 
 log = logging.getLogger("simpsons.runtime")
@@ -187,7 +187,7 @@ class Classifier:
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         self.classes: tuple[str, ...] = self.info.classes
-        self.workers = threads or min(8, os.cpu_count() or 1)
+        self.workers = threads or min(8, usable_cores())
         self.threshold = self._threshold(unknown, unknown_threshold)
 
     def _threshold(self, unknown: bool, override: float | None) -> float | None:

@@ -240,3 +240,26 @@ def test_the_decoding_budget_lets_large_pictures_take_turns():
     for t in threads:
         t.join()
     assert len(most) == 6 and max(most) <= 100 and budget.used == 0
+
+
+# ----- 3. counts without bounds -----
+
+def test_top_k_and_threads_are_capped_with_a_warning(folder: Path, model: Path, tmp_path: Path, monkeypatch, capsys):
+    from runtime import classifier
+    from runtime.parallel import usable_cores
+
+    limit = 4 * usable_cores()
+    real = classifier._session
+
+    def session(path, device, threads):
+        assert threads <= limit  # never start 100000 threads, even where the cap is missing
+        return real(path, device, threads)
+
+    monkeypatch.setattr(classifier, "_session", session)
+    out = tmp_path / "rows.csv"
+    assert infer([str(folder), "--model", str(model), "-o", str(out), "--top-k", "1000", "--threads", "100000", "-q"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [f"simpsons-infer: warning: --threads 100000 capped at {limit}: 4 per core here; more only wait for one another",
+                        "simpsons-infer: warning: --top-k 1000 capped at 3: the model has no more classes"]
+    header = out.read_text().splitlines()[0]
+    assert header.endswith("top3_label,top3_prob") and "top4" not in header
