@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Pillow warns from the header of any picture above 89 MP; runtime.preprocess.MAX_PIXELS
     # decides, after a JPEG's reduction on decode, and its refusal is the row's reason.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-    from runtime.classifier import Classifier
+    from runtime.classifier import UNKNOWN, Classifier
     from runtime.errors import SimpsonsError
     from runtime.writers import STREAMED, open_writer
 
@@ -203,13 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "larger batches hold more decoded images without running faster")
     args.threads = capped("--threads", args.threads, THREADS_PER_CORE * usable_cores(),
                           f"{THREADS_PER_CORE} per core here; more only wait for one another")
+    output = args.output or "standard output"  # what messages name
     try:
         clf = Classifier(args.model, device=args.device, threads=args.threads,
                          unknown_threshold=args.unknown_threshold, unknown=not args.no_unknown)
         args.top_k = capped("--top-k", args.top_k, len(clf.classes), "the model has no more classes")
-        writer = open_writer(args.output, args.top_k, resume=args.resume)
+        writer = open_writer(args.output, args.top_k, resume=args.resume, labels=(*clf.classes, UNKNOWN))
     except (SimpsonsError, OSError) as e:
-        return fail(str(e) if isinstance(e, SimpsonsError) else f"{e.filename or args.output}: cannot write ({e.strerror or e})")
+        return fail(str(e) if isinstance(e, SimpsonsError) else f"{display_path(e.filename or output)}: cannot write ({e.strerror or e})")
     if not args.quiet:
         resumed = f", resuming after {writer.last_path}" if writer.last_path else ""
         print(f"simpsons-infer: model {args.model.name} ({clf.info.arch}, {len(clf.classes)} classes"
@@ -229,13 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SimpsonsError as e:
         writer.abort()
         return fail(str(e))
-    except OSError as e:
+    except OSError as e:  # reading, not writing: the writers report their own failures as OutputError
         writer.abort()
-        return fail(f"{args.output}: cannot write ({e.strerror or e}); the rows already written are whole")
+        return fail(f"{display_path(e.filename) if e.filename else 'the inputs'}: cannot read ({e.strerror or e})")
     try:
         writer.close()
     except OSError as e:
-        return fail(f"{args.output}: cannot write ({e.strerror or e}); the earlier output is untouched")
+        return fail(f"{display_path(output)}: cannot write ({e.strerror or e}); the earlier output is untouched")
     elapsed, total, failed = time.perf_counter() - start, tally.total, len(tally.failures)
 
     if not args.quiet:

@@ -5,8 +5,10 @@ from scratch: nothing depends on ../shared."""
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -263,3 +265,120 @@ def test_top_k_and_threads_are_capped_with_a_warning(folder: Path, model: Path, 
                         "simpsons-infer: warning: --top-k 1000 capped at 3: the model has no more classes"]
     header = out.read_text().splitlines()[0]
     assert header.endswith("top3_label,top3_prob") and "top4" not in header
+
+
+# ----- 5. a full disk -----
+
+class FillingDisk:
+    """A file on a disk with ``room`` bytes left: a write takes what still fits, the next one
+    fails with ENOSPC, as a real full disk does."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def write(self, data):
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        taken = self.file.write(data[: self.room])
+        self.room -= len(data[: self.room])
+        return taken
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_full_disk_keeps_whole_rows_only_and_names_the_file(folder: Path, model: Path, tmp_path: Path, monkeypatch, capsys,
+                                                              suffix: str):
+    from runtime import writers
+
+    out = tmp_path / f"rows{suffix}"
+    assert infer([str(folder), "--model", str(model), "-o", str(out), "-q"]) == 0
+    lines = out.read_bytes().splitlines(keepends=True)
+    room = sum(map(len, lines[:4])) + len(lines[4]) // 2  # 3 or 4 whole lines, then half of one
+    out.unlink()
+    monkeypatch.setattr(writers, "open", lambda *a, **k: FillingDisk(open(*a, **k), room), raising=False)
+    assert infer([str(folder), "--model", str(model), "-o", str(out), "-q"]) == 2
+    assert out.read_bytes() == b"".join(lines[:4])
+    err = capsys.readouterr().err
+    assert err == f"simpsons-infer: error: {out}: cannot write (No space left on device); every row in it is whole\n"
+
+
+# ----- 7. --resume on a file this run did not write -----
+
+@pytest.fixture
+def other_model(tmp_path: Path) -> Path:
+    """Same shape, other classes: its rows must not be continued by ``model``."""
+    return tiny.plain(tmp_path / "other.onnx", classes=("bart_simpson", "homer_simpson", "lisa_simpson"))
+
+
+def test_resume_refuses_a_file_that_is_not_this_models_rows(folder: Path, model: Path, other_model: Path, tmp_path: Path, capsys):
+    ours = tmp_path / "ours.jsonl"
+    assert infer([str(folder), "--model", str(model), "-o", str(ours), "-q"]) == 0
+    row = ours.read_text().splitlines()[0]
+    theirs = tmp_path / "theirs.csv"
+    assert infer([str(folder), "--model", str(other_model), "-o", str(theirs), "-q"]) == 0
+    rng = np.random.default_rng(7)
+    cases = {
+        "bad_last.jsonl": (row + "\n" + "not json\n", "line 2 is not JSON"),
+        "list.jsonl": (row + "\n[1, 2]\n", "line 2 is not a row"),
+        "keys.jsonl": (row + '\n{"path": "a.jpg"}\n', "line 2 is not a row"),
+        "label.jsonl": (row + "\n" + row.replace('"abraham_grampa_simpson"', '"bart_simpson"') + "\n", "names the class 'bart_simpson'"),
+        "foreign_half.jsonl": ("hello", "line 1 is neither a whole row nor the start of one"),
+        "binary.jsonl": (rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(), "is not UTF-8 text"),
+        "no_breaks.csv": (b"x" * (2 << 20), "line 1 is longer than 1048576 bytes"),
+        "theirs.csv": (theirs.read_bytes(), "line 2 names the class 'bart_simpson', which this model does not have"),
+        "columns.csv": ("path,status\r\na.jpg,ok\r\n", "line 1 holds other columns than this run's"),
+    }
+    capsys.readouterr()
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        before = path.read_bytes()
+        assert infer([str(folder), "--model", str(model), "-o", str(path), "-q", "--resume"]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and "cannot --resume into it" in err and err.count("\n") == 1 and "Traceback" not in err, (name, err)
+        assert path.read_bytes() == before, name  # nothing cut, nothing appended
+
+
+# ----- 9. smaller: formulas, links, sidecars, messages -----
+
+def test_csv_cells_that_look_like_formulas_are_text_and_resume_reads_them_back(tmp_path: Path, monkeypatch):
+    model = tiny.plain(tmp_path / "model.onnx", classes=("=HYPERLINK(\"http://x\")", "+green", "@blue"))
+    data = tmp_path / "data"
+    data.mkdir()
+    names = ["=cmd|' -C calc'!A0.jpg", "-1+2.jpg", "'quoted.jpg", "plain.jpg"]
+    for name in names:
+        Image.new("RGB", (40, 30), RED).save(data / name, format="JPEG")
+    monkeypatch.chdir(data)  # so the path cells start with the names themselves
+    out = tmp_path / "rows.csv"
+    args = ["--model", str(model), "-o", str(out), "-q", "--no-unknown", "--", *names]
+    assert infer(args) == 0
+    with out.open(newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    assert [r[0] for r in rows] == ["'=cmd|' -C calc'!A0.jpg", "'-1+2.jpg", "''quoted.jpg", "plain.jpg"]
+    assert {r[2] for r in rows} == {"'=HYPERLINK(\"http://x\")"} and float(rows[0][4]) < 0  # numbers stay numbers
+    assert infer(["--resume", *args]) == 0
+    assert len(out.read_text().splitlines()) == 5  # the escaped last path was found: nothing added
+
+
+class FullStream(io.StringIO):
+    """Standard output redirected to a full disk, after ``room`` characters."""
+
+    def __init__(self, room: int):
+        super().__init__()
+        self.room = room
+
+    def write(self, text: str) -> int:
+        self.room -= len(text)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(text)
+
+
+@pytest.mark.parametrize("room", [0, 200])
+def test_messages_name_standard_output_never_none(folder: Path, model: Path, monkeypatch, capsys, room: int):
+    monkeypatch.setattr(sys, "stdout", FullStream(room))  # 0: the table's header fails; 200: a row does
+    assert infer([str(folder), "--model", str(model), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("simpsons-infer: error: standard output: cannot write (No space left on device)\n") and "None" not in err
