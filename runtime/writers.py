@@ -3,9 +3,9 @@
 CSV and JSON Lines are written a whole row at a time and flushed, so a run killed after hours
 keeps every finished row (and ``--resume`` continues after the last one); a row that fails to
 be written (a full disk) is cut back off, so the file never ends in half a row. Parquet and
-JSON are written to a temporary file that replaces the output only when the run completes: a
-killed run leaves the previous file intact. Every file output is locked for the run, so a
-second run writing the same file is refused instead of interleaving with the first.
+JSON are written, row by row, to a temporary file that replaces the output only when the run
+completes: a killed run leaves the previous file intact. Every file output is locked for the
+run, so a second run writing the same file is refused instead of interleaving with the first.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from runtime.errors import SimpsonsError
-from runtime.files import Lock, atomic_write, check_writable, remove_stale_temporaries, temporary_path
+from runtime.files import Lock, check_writable, real_path, remove_stale_temporaries, temporary_path
 
 FORMATS = (".csv", ".jsonl", ".json", ".parquet")
 STREAMED = (".csv", ".jsonl")  # written row by row: these can be resumed
@@ -187,28 +187,68 @@ class StreamWriter:
     abort = close  # finished rows are worth keeping either way
 
 
-class JsonWriter:
-    """One JSON document, written when the run completes."""
+class ReplacingWriter:
+    """Rows go, as they come, to a temporary file beside the output (memory stays flat), which
+    replaces the output when the run completes: a killed or failed run leaves the previous
+    file as it was. Through a symbolic link, the file it points to is replaced, not the link.
+    A format defines ``add(row)``, ``finish()`` (the temporary complete and closed) and
+    ``discard()`` (the temporary closed, to be deleted)."""
+
+    last_path = None
 
     def __init__(self, path: Path):
-        self.path, self.rows, self.last_path = path, [], None
-        self.lock = Lock(path)
+        self.path, self.lock = path, Lock(path)
+        self.target = real_path(path)
+        self.tmp = temporary_path(self.target)
 
     def write(self, row: dict) -> None:
-        self.rows.append(row)
+        try:
+            self.add(row)
+        except OSError as e:
+            raise OutputError(f"{self.path}: cannot write ({e.strerror or e}); the earlier output is untouched") from None
 
     def close(self) -> None:
         try:
-            atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(self.rows, indent=1), encoding="utf-8"))
-        finally:
-            self.lock.release()
+            self.finish()
+            self.tmp.replace(self.target)
+            remove_stale_temporaries(self.target.parent, self.target.name)
+        except BaseException:
+            self.abort()
+            raise
+        self.lock.release()
 
     def abort(self) -> None:
+        try:
+            self.discard()
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
         self.lock.release()
 
 
-class ParquetWriter:
-    """Row groups into a temporary file, renamed over the output when the run completes."""
+class JsonWriter(ReplacingWriter):
+    """One JSON list of rows, one row per line."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.file = open(self.tmp, "w", encoding="utf-8")
+        self.file.write("[")
+        self.separator = "\n"
+
+    def add(self, row: dict) -> None:
+        self.file.write(self.separator + json.dumps(row))
+        self.separator = ",\n"
+
+    def finish(self) -> None:
+        self.file.write("\n]\n")
+        self.file.close()
+
+    def discard(self) -> None:
+        self.file.close()
+
+
+class ParquetWriter(ReplacingWriter):
+    """Row groups of ``ROW_GROUP`` rows."""
 
     ROW_GROUP = 1024
 
@@ -218,17 +258,16 @@ class ParquetWriter:
             import pyarrow.parquet as pq
         except ImportError:
             raise OutputError("Parquet output needs pyarrow: pip install 'simpsons-classifier[parquet]'") from None
-        self.pa, self.path, self.last_path = pa, path, None
+        super().__init__(path)
+        self.pa = pa
         self.schema = pa.schema([
             ("path", pa.string()), ("status", pa.string()), ("label", pa.string()),
             ("confidence", pa.float64()), ("ood_score", pa.float64()), ("unknown", pa.bool_()),
             ("top_labels", pa.list_(pa.string())), ("top_probs", pa.list_(pa.float64())),
         ])
-        self.lock = Lock(path)
-        self.tmp = temporary_path(path)
         self.writer, self.rows = pq.ParquetWriter(self.tmp, self.schema), []
 
-    def write(self, row: dict) -> None:
+    def add(self, row: dict) -> None:
         self.rows.append(row)
         if len(self.rows) >= self.ROW_GROUP:
             self._flush()
@@ -238,24 +277,12 @@ class ParquetWriter:
             self.writer.write_table(self.pa.Table.from_pylist(self.rows, schema=self.schema))
             self.rows = []
 
-    def close(self) -> None:
-        try:
-            self._flush()
-            self.writer.close()
-            self.tmp.replace(self.path)
-            remove_stale_temporaries(self.path.parent, self.path.name)
-        except BaseException:
-            self.abort()
-            raise
-        self.lock.release()
+    def finish(self) -> None:
+        self._flush()
+        self.writer.close()
 
-    def abort(self) -> None:
-        try:
-            self.writer.close()
-        except OSError:
-            pass
-        self.tmp.unlink(missing_ok=True)
-        self.lock.release()
+    def discard(self) -> None:
+        self.writer.close()
 
 
 class TableWriter:

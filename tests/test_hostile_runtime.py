@@ -382,3 +382,25 @@ def test_messages_name_standard_output_never_none(folder: Path, model: Path, mon
     assert infer([str(folder), "--model", str(model), "-q"]) == 2
     err = capsys.readouterr().err
     assert err.endswith("simpsons-infer: error: standard output: cannot write (No space left on device)\n") and "None" not in err
+
+
+def test_an_alias_of_the_output_shares_its_lock(folder: Path, model: Path, tmp_path: Path, capsys):
+    from runtime.files import Lock
+
+    real = tmp_path / "real.csv"
+    (tmp_path / "alias.csv").symlink_to(real)
+    with Lock(real):  # another run writes real.csv
+        assert infer([str(folder), "--model", str(model), "-o", str(tmp_path / "alias.csv"), "-q"]) == 2
+    assert "alias.csv is being written by another run" in capsys.readouterr().err and not real.exists()
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".json"])
+def test_replaced_outputs_are_written_through_a_symbolic_link(folder: Path, model: Path, tmp_path: Path, suffix: str):
+    target = tmp_path / "store" / f"rows{suffix}"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / f"link{suffix}"
+    link.symlink_to(target)
+    assert infer([str(folder), "--model", str(model), "-o", str(link), "-q"]) == 0
+    assert link.is_symlink() and len(read_rows(target)) == 12
+    assert not list(target.parent.glob(".*.tmp")) and not list(tmp_path.glob(".*.tmp"))
