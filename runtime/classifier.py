@@ -22,7 +22,7 @@ import numpy as np
 
 from runtime.errors import DeviceError, MetadataError, ModelError, SimpsonsError
 from runtime.listing import display_path
-from runtime.metadata import FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, decode, read_sidecar
+from runtime.metadata import FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, check_sidecar, decode, read_sidecar
 from runtime.openset import check_threshold
 from runtime.parallel import in_order, usable_cores
 from runtime.preprocess import MAX_ASPECT, ImageSource, decode as decode_pixels, preprocess
@@ -133,10 +133,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def model_info(path: Path, session) -> ModelInfo:
-    """The ONNX metadata, or where a runtime stripped it, the sidecar beside the file."""
+    """The ONNX metadata (and a sidecar beside the file must agree with it), or where a runtime
+    stripped it, the sidecar."""
     props = session.get_modelmeta().custom_metadata_map
     try:
-        return decode(props) if "classes" in props or "format_version" in props else read_sidecar(path)
+        if "classes" not in props and "format_version" not in props:
+            return read_sidecar(path)
+        info = decode(props)
+        check_sidecar(path, info)
+        return info
     except MetadataError as e:
         raise MetadataError(f"{path}: {e}") from None
 

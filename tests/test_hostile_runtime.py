@@ -404,3 +404,19 @@ def test_replaced_outputs_are_written_through_a_symbolic_link(folder: Path, mode
     assert infer([str(folder), "--model", str(model), "-o", str(link), "-q"]) == 0
     assert link.is_symlink() and len(read_rows(target)) == 12
     assert not list(target.parent.glob(".*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_sidecar_that_contradicts_the_models_metadata_is_refused(folder: Path, tmp_path: Path, capsys):
+    from export.onnx_export import write_metadata
+    from runtime.metadata import sidecar_path
+
+    model = tiny.save(tiny.network(), tmp_path / "model.onnx", None)
+    write_metadata(model, tiny.info())
+    image = str(folder / "agnes_skinner_0.jpg")
+    assert infer([image, "--model", str(model), "-q"]) == 0
+    sidecar = json.loads(sidecar_path(model).read_text())
+    sidecar_path(model).write_text(json.dumps({**sidecar, "classes": sidecar["classes"][::-1]}))  # its sha256 still matches
+    capsys.readouterr()
+    assert infer([image, "--model", str(model), "-q"]) == 2
+    assert capsys.readouterr().err == (f"simpsons-infer: error: {model}: its sidecar model.json contradicts the metadata inside it "
+                                       "(classes); the model's own metadata is the truth: re-export, or delete the sidecar\n")
