@@ -420,3 +420,67 @@ def test_a_sidecar_that_contradicts_the_models_metadata_is_refused(folder: Path,
     assert infer([image, "--model", str(model), "-q"]) == 2
     assert capsys.readouterr().err == (f"simpsons-infer: error: {model}: its sidecar model.json contradicts the metadata inside it "
                                        "(classes); the model's own metadata is the truth: re-export, or delete the sidecar\n")
+
+
+# ----- 6. listing -----
+
+def warnings_in(err: str) -> list[str]:
+    return [line.removeprefix("simpsons-infer: warning: ") for line in err.splitlines() if ": warning: " in line]
+
+
+def test_a_symbolic_link_loop_is_walked_once(folder: Path, model: Path, tmp_path: Path, capsys):
+    (folder / "self").symlink_to(".")
+    Image.new("RGB", (40, 30), RED).save(folder / "zz_after_the_loop.jpg")
+    out = tmp_path / "rows.csv"
+    assert infer([str(folder), "--model", str(model), "-o", str(out), "-q"]) == 0
+    paths = [r["path"] for r in read_rows(out)]
+    assert len(paths) == len(set(paths)) == 13 and paths[-1].endswith("zz_after_the_loop.jpg")
+    assert warnings_in(capsys.readouterr().err) == [
+        f"{folder}/self: the same folder as {folder}, already listed (a symbolic link); skipped"]
+
+
+def test_an_unreadable_folder_is_a_warning_and_the_rest_goes_on(folder: Path, model: Path, tmp_path: Path, monkeypatch, capsys):
+    locked = folder / "locked"
+    locked.mkdir()
+    Image.new("RGB", (40, 30), RED).save(locked / "hidden.jpg")
+    real = os.scandir
+
+    def scandir(path):  # as chmod 000 does, also where the tests run as root
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "rows.csv"
+    assert infer([str(folder), "--model", str(model), "-o", str(out), "-q"]) == 0
+    assert len(read_rows(out)) == 12
+    assert warnings_in(capsys.readouterr().err) == [f"{locked}: cannot read the folder (Permission denied); skipped"]
+
+
+def test_deeply_nested_folders_are_no_recursion_error(model: Path, tmp_path: Path):
+    from runtime.listing import Listing
+
+    deep = bottom = tmp_path / "d"
+    deep.mkdir()
+    for _ in range(1099):  # mkdir(parents=True) itself recurses
+        bottom = bottom / "d"
+        bottom.mkdir()
+    Image.new("RGB", (40, 30), RED).save(bottom / "deep.jpg")
+    assert list(Listing([deep])) == [bottom / "deep.jpg"]
+
+
+@pytest.mark.timeout(60)
+def test_fifos_and_broken_links_are_warnings_not_hangs(folder: Path, model: Path, tmp_path: Path, capsys):
+    os.mkfifo(folder / "pipe.jpg")
+    os.mkfifo(tmp_path / "given.jpg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    out = tmp_path / "rows.csv"
+    assert infer([str(tmp_path / "given.jpg"), str(folder), "--model", str(model), "-o", str(out), "-q"]) == 0
+    assert len(read_rows(out)) == 12
+    assert warnings_in(capsys.readouterr().err) == [
+        f"{tmp_path}/given.jpg: not a regular file (a FIFO, socket or device); skipped",
+        f"{folder}/gone.jpg: a broken symbolic link; skipped",
+        f"{folder}/pipe.jpg: not a regular file (a FIFO, socket or device); skipped",
+    ]
+    with pytest.raises(ImageError, match="not a regular file"):  # the decoder too never opens one and waits
+        load_image(folder / "pipe.jpg")
