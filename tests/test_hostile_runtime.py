@@ -466,7 +466,13 @@ def test_deeply_nested_folders_are_no_recursion_error(model: Path, tmp_path: Pat
         bottom = bottom / "d"
         bottom.mkdir()
     Image.new("RGB", (40, 30), RED).save(bottom / "deep.jpg")
-    assert list(Listing([deep])) == [bottom / "deep.jpg"]
+    try:
+        assert list(Listing([deep])) == [bottom / "deep.jpg"]
+    finally:  # pytest's own clean-up recurses, and would fail on this tree
+        (bottom / "deep.jpg").unlink()
+        while bottom != tmp_path:
+            bottom.rmdir()
+            bottom = bottom.parent
 
 
 @pytest.mark.timeout(60)
@@ -484,3 +490,146 @@ def test_fifos_and_broken_links_are_warnings_not_hangs(folder: Path, model: Path
     ]
     with pytest.raises(ImageError, match="not a regular file"):  # the decoder too never opens one and waits
         load_image(folder / "pipe.jpg")
+
+
+# ----- the decoder fuzz: every mutated file is a row or a reason, never a crash -----
+#
+# Fast lane (every run): FAST_CASES mutations of each of the seed files below, a few seconds.
+# Large lane, opt-in: SIMPSONS_FUZZ_CASES=5000 pytest -m fuzz tests/test_hostile_runtime.py
+# (cases per seed file; marked ``fuzz`` and skipped unless the variable is set, so plain
+# ``pytest`` and ``make test-fast``, whose -m would override a deselection in addopts, stay fast).
+
+FAST_CASES = 60
+
+
+def seed_files() -> dict[str, bytes]:
+    """Small valid pictures of each format Pillow reads for us, with the parts hostile files
+    attack: EXIF with an orientation, alpha, a palette, 16 bits, CMYK, compressed TIFF strips."""
+    picture = Image.new("RGB", (24, 16), RED)
+    picture.paste((30, 90, 200), (0, 0, 8, 8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    formats = {
+        "jpg": (picture, {"format": "JPEG", "quality": 80, "exif": exif.tobytes()}),
+        "progressive.jpg": (picture, {"format": "JPEG", "progressive": True}),
+        "png": (picture.convert("RGBA"), {"format": "PNG", "exif": exif.tobytes()}),
+        "16bit.png": (Image.fromarray(np.arange(24 * 16, dtype=np.uint16).reshape(16, 24) * 150), {"format": "PNG"}),
+        "palette.png": (picture.convert("P"), {"format": "PNG", "transparency": 0}),
+        "tif": (picture.convert("CMYK"), {"format": "TIFF"}),
+        "lzw.tif": (picture, {"format": "TIFF", "compression": "tiff_lzw", "exif": exif.tobytes()}),
+        "webp": (picture, {"format": "WEBP", "quality": 80, "exif": exif.tobytes()}),
+        "lossless.webp": (picture.convert("RGBA"), {"format": "WEBP", "lossless": True}),
+        "gif": (picture.convert("P"), {"format": "GIF"}),
+        "bmp": (picture, {"format": "BMP"}),
+    }
+    out = {}
+    for name, (img, options) in formats.items():
+        buffer = io.BytesIO()
+        img.save(buffer, **options)
+        out[name] = buffer.getvalue()
+    return out
+
+
+def mutate(data: bytes, rng: np.random.Generator) -> bytes:
+    """One to three small damages: give a TIFF or EXIF entry another type, flip a bit, write
+    a boundary value (a byte, or a 32-bit length or offset), repeat or drop a span, insert
+    junk; rarely, cut the end. The signature
+    (8 bytes) mostly survives, and a PNG's chunk checksums are made right again, so each
+    format's own parser runs and meets the damage instead of stopping at the door."""
+    data = bytearray(data)
+    for _ in range(rng.integers(1, 4)):
+        low = 8 if rng.random() < 0.9 else 0
+        at = int(rng.integers(low, len(data) - 4))
+        kind = rng.choice(["retype", "bit", "byte", "word", "repeat", "drop", "junk", "cut"],
+                          p=[0.2, 0.2, 0.15, 0.15, 0.1, 0.1, 0.05, 0.05])
+        if kind == "retype":
+            retype_tiff_entry(data, rng)
+        elif kind == "bit":
+            data[at] ^= 1 << int(rng.integers(8))
+        elif kind == "byte":
+            data[at] = int(rng.choice([0, 1, 0x7F, 0x80, 0xFE, 0xFF]))
+        elif kind == "word":
+            struct.pack_into(">I" if rng.random() < 0.5 else "<I", data, at, int(rng.choice([0, 1, 0xFFFFFFFF, 0x7FFFFFFF, 65535, 65536])))
+        elif kind == "repeat":
+            data[at:at] = data[at : at + int(rng.integers(1, 64))]
+        elif kind == "drop":
+            del data[at : at + int(rng.integers(1, 16))]
+        elif kind == "junk":
+            data[at:at] = rng.integers(0, 256, int(rng.integers(1, 32)), dtype=np.uint8).tobytes()
+        else:
+            del data[at:]
+        if len(data) < 16:
+            break
+    return png_checksums(bytes(data)) if data.startswith(b"\x89PNG") else bytes(data)
+
+
+def retype_tiff_entry(data: bytearray, rng: np.random.Generator) -> None:
+    """Give one entry of the first TIFF directory in ``data`` (a TIFF, or the EXIF block of a
+    JPEG, PNG or WebP) another of the 12 types: the confusion that made a strip offset a float
+    (TypeError in Pillow) and an EXIF width a fraction (struct.error)."""
+    found = [at for at in (data.find(b"II*\x00"), data.find(b"MM\x00*")) if at >= 0]
+    if not found:
+        return
+    start = min(found)
+    order = "<" if data[start] == ord("I") else ">"
+    try:
+        directory = start + struct.unpack_from(order + "I", data, start + 4)[0]
+        entries = struct.unpack_from(order + "H", data, directory)[0]
+        entry = directory + 2 + 12 * int(rng.integers(max(1, min(entries, 64))))
+        struct.pack_into(order + "H", data, entry + 2, int(rng.integers(1, 13)))
+    except struct.error:  # the directory lies outside the data
+        pass
+
+
+def png_checksums(data: bytes) -> bytes:
+    """The PNG with each chunk's CRC recomputed, as far as its chunk lengths still hold."""
+    out, at = bytearray(data), 8
+    while at + 12 <= len(out):
+        length = struct.unpack_from(">I", out, at)[0]
+        end = at + 8 + length
+        if end + 4 > len(out):
+            break
+        struct.pack_into(">I", out, end, zlib.crc32(out[at + 4 : end]))
+        at = end + 4
+    return bytes(out)
+
+
+def fuzz_folder(root: Path, cases: int) -> list[Path]:
+    """``cases`` mutations of each seed file, each from its own fixed seed."""
+    root.mkdir(parents=True, exist_ok=True)
+    files = []
+    for number, (name, data) in enumerate(sorted(seed_files().items())):
+        for case in range(cases):
+            path = root / f"{case:05d}.{name}"
+            path.write_bytes(mutate(data, np.random.default_rng([number, case])))
+            files.append(path)
+    return files
+
+
+def check_fuzz(files: list[Path], root: Path, model: Path, tmp_path: Path, capsys) -> None:
+    from runtime.preprocess import decode, preprocess
+
+    for path in files:  # the runtime's own entry points: a picture, or ImageError; nothing else
+        for call in (load_image, lambda p: preprocess(p, tiny.PRE), lambda p: decode(p, min_size=tiny.PRE.resize_size)):
+            try:
+                call(path)
+            except ImageError as e:
+                assert str(e) and "\n" not in str(e), (path.name, str(e))
+    out = tmp_path / "fuzz.csv"
+    assert infer([str(root), "--model", str(model), "-o", str(out), "-q"]) in (0, 1)
+    rows = read_rows(out)
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in files)
+    assert all(r["status"] == "ok" or (r["status"] and r["label"] == "") for r in rows)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_mutated_pictures_are_rows_or_reasons(model: Path, tmp_path: Path, capsys):
+    root = tmp_path / "fuzz"
+    check_fuzz(fuzz_folder(root, FAST_CASES), root, model, tmp_path, capsys)
+
+
+@pytest.mark.fuzz
+@pytest.mark.skipif("SIMPSONS_FUZZ_CASES" not in os.environ, reason="the large fuzz: set SIMPSONS_FUZZ_CASES (cases per seed file)")
+def test_many_mutated_pictures_are_rows_or_reasons(model: Path, tmp_path: Path, capsys):
+    root = tmp_path / "fuzz"
+    check_fuzz(fuzz_folder(root, int(os.environ["SIMPSONS_FUZZ_CASES"])), root, model, tmp_path, capsys)
