@@ -233,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # reading, not writing: the writers report their own failures as OutputError
         writer.abort()
         return fail(f"{display_path(e.filename) if e.filename else 'the inputs'}: cannot read ({e.strerror or e})")
+    except BaseException:  # a bug keeps its traceback, but leaves no temporary file or lock behind
+        writer.abort()
+        raise
     try:
         writer.close()
     except OSError as e:

@@ -633,3 +633,23 @@ def test_mutated_pictures_are_rows_or_reasons(model: Path, tmp_path: Path, capsy
 def test_many_mutated_pictures_are_rows_or_reasons(model: Path, tmp_path: Path, capsys):
     root = tmp_path / "fuzz"
     check_fuzz(fuzz_folder(root, int(os.environ["SIMPSONS_FUZZ_CASES"])), root, model, tmp_path, capsys)
+
+
+def test_an_unexpected_error_leaves_no_temporary_behind(folder: Path, model: Path, tmp_path: Path, monkeypatch):
+    from runtime import classifier
+    from runtime.files import Lock
+
+    real = classifier.Classifier.iter_predict
+
+    def buggy(self, *args, **kwargs):
+        for i, result in enumerate(real(self, *args, **kwargs)):
+            if i == 3:
+                raise RuntimeError("a bug")
+            yield result
+
+    monkeypatch.setattr(classifier.Classifier, "iter_predict", buggy)
+    out = tmp_path / "rows.parquet"
+    with pytest.raises(RuntimeError, match="a bug"):  # a bug keeps its traceback
+        infer([str(folder), "--model", str(model), "-o", str(out), "-q"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rows.parquet.lock", "easy"]  # no .tmp, no rows.parquet
+    Lock(out).release()  # not held any more
