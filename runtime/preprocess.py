@@ -50,6 +50,10 @@ class ImageError(SimpsonsError):
     """One picture cannot be used; the message says why, in a line."""
 
 
+class NotAnImageError(ImageError):
+    """The file is no picture at all (its format is not recognised), rather than a damaged one."""
+
+
 def orientation(img: Image.Image) -> int:
     """The EXIF orientation (1..8), or 1 (as stored) when there is none or it cannot be read:
     a mistyped or truncated EXIF block must not cost the picture, only its rotation."""
@@ -100,7 +104,7 @@ def decoding() -> Iterator[None]:
     except (ImageError, MemoryError):
         raise
     except UnidentifiedImageError:
-        raise ImageError("not an image (cannot identify the file format)") from None
+        raise NotAnImageError("not an image (cannot identify the file format)") from None
     except FileNotFoundError:
         raise ImageError("file not found") from None
     except PermissionError:

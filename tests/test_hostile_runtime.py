@@ -653,3 +653,14 @@ def test_an_unexpected_error_leaves_no_temporary_behind(folder: Path, model: Pat
         infer([str(folder), "--model", str(model), "-o", str(out), "-q"])
     assert sorted(p.name for p in tmp_path.iterdir()) == [".rows.parquet.lock", "easy"]  # no .tmp, no rows.parquet
     Lock(out).release()  # not held any more
+
+
+def test_a_file_that_is_no_picture_is_told_from_a_damaged_one(tmp_path: Path):
+    from runtime.preprocess import NotAnImageError, opened
+
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(NotAnImageError), opened(tmp_path / "notes.jpg"):
+        pass
+    with pytest.raises(ImageError) as damaged, opened(io.BytesIO(tiff_with_float_offset(tmp_path / "evil.tif").read_bytes())):
+        pass
+    assert not isinstance(damaged.value, NotAnImageError)
