@@ -1,19 +1,25 @@
-"""Every hostile case of issue #15, planted and run through the real commands, one table:
-exit code, peak memory (VmHWM of the command's own process), whether a traceback was printed,
-whether the earlier output survived, and what a rerun found.
+"""Every hostile case of issues #15 and #23, planted and run through the real commands, one
+table: exit code, peak memory (VmHWM of the command's own process), whether a traceback was
+printed, whether the earlier output survived, and what a rerun found.
 
-    .venv/bin/python bench/bench_reliability.py [--model bench/.work/portable/model.onnx]
+    .venv/bin/python bench/bench_reliability.py [--model bench/.work/portable/model.onnx] [--cases 23]
+
+``--cases 23`` runs only the runtime cases of issue #23 (a minute; the others take longer).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common import REPO, SAMPLE, WORK, files, peak_of, require_sample, with_peak
@@ -25,8 +31,19 @@ def command(tool: str, *args) -> list[str]:
     return with_peak(MODULES[tool], *args)
 
 
-def run(tool: str, *args, timeout: int = 900) -> tuple[int, int, str]:
-    done = subprocess.run(command(tool, *args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run(tool: str, *args, timeout: int = 900, file_limit: int | None = None, cwd: Path = REPO) -> tuple[int, int, str]:
+    """``file_limit``: no file may grow past that many bytes (RLIMIT_FSIZE, with SIGXFSZ ignored,
+    so a write that crosses it is cut short and the next fails, as on a disk that fills up).
+    ``cwd``: where it runs (this checkout's code is imported wherever that is)."""
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    try:
+        done = subprocess.run(command(tool, *args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=limited if file_limit else None)
+    except subprocess.TimeoutExpired:
+        return -1, -1, f"timed out after {timeout} s"
     peak = peak_of(done.stderr)
     return done.returncode, peak, done.stderr
 
@@ -41,12 +58,11 @@ def started(tool: str, *args) -> subprocess.Popen:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, default=WORK / "portable" / "model.onnx")
+    parser.add_argument("--cases", choices=("all", "23"), default="all", help="every case, or the runtime cases of issue #23 alone")
     args = parser.parse_args()
     require_sample()
     if not args.model.is_file():
         sys.exit(f"{args.model}: no model (run bench/bench_portable.py first, or pass --model)")
-    from PIL import Image
-
     work = WORK / "reliability"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -56,15 +72,28 @@ def main() -> None:
     def row(case: str, rc: int, peak: int, stderr: str, survived: str = "", note: str = "") -> None:
         rows.append((case, str(rc), f"{peak}" if peak >= 0 else "", "yes" if "Traceback" in stderr else "no", survived, note))
 
+    issue23(work / "issue23", args.model, frames, row)
+    if args.cases == "all":
+        issue15(work, args.model, frames, rows, row)
+    print("| case | exit | peak MB | traceback | earlier output survived | what the run or rerun found |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |")
+
+
+def issue15(work: Path, model: Path, frames: list[Path], rows: list[tuple[str, ...]], row: Callable[..., None]) -> None:
+    from PIL import Image
+
+
     # 1. thin images
     thin = work / "thin"
     thin.mkdir()
     Image.new("RGB", (65000, 1), (200, 40, 40)).save(thin / "wide.png")
     Image.new("RGB", (1, 65000), (40, 160, 70)).save(thin / "tall.png")
     Image.new("RGB", (30000, 2), (30, 90, 200)).save(thin / "strip.png")
-    for model in (args.model, args.model.with_suffix(".portable.onnx")):
-        rc, peak, err = run("simpsons-infer", thin, "--model", model, "-o", work / "thin.csv", "--threads", "2", "-q")
-        row(f"3 PNGs of 65000x1, 1x65000, 30000x2 ({model.name})", rc, peak, err, note="all 3 classified")
+    for which in (model, model.with_suffix(".portable.onnx")):
+        rc, peak, err = run("simpsons-infer", thin, "--model", which, "-o", work / "thin.csv", "--threads", "2", "-q")
+        row(f"3 PNGs of 65000x1, 1x65000, 30000x2 ({which.name})", rc, peak, err, note="all 3 classified")
 
     # 2. names that are not UTF-8, in a data root and an inference folder
     data = work / "data"
@@ -76,7 +105,7 @@ def main() -> None:
     rc, peak, err = run("simpsons", "manifest", data, "--out", work / "manifest", "--no-plots")
     row("manifest: a file name that is not UTF-8", rc, peak, err, note="row with status bad_name, name escaped")
     for suffix in (".csv", ".parquet"):
-        rc, peak, err = run("simpsons-infer", data / "simpsons_dataset", "--model", args.model, "-o", work / f"odd{suffix}", "-q")
+        rc, peak, err = run("simpsons-infer", data / "simpsons_dataset", "--model", model, "-o", work / f"odd{suffix}", "-q")
         row(f"infer -o {suffix}: a file name that is not UTF-8", rc, peak, err, note="81 rows, the odd name escaped")
 
     # 3. a killed Parquet/JSON run, then a rerun
@@ -86,23 +115,23 @@ def main() -> None:
         (many / f"{i:04d}.jpg").symlink_to(f)
     for suffix in (".parquet", ".json"):
         out = work / f"old{suffix}"
-        run("simpsons-infer", many, "--model", args.model, "-o", out, "-q")
+        run("simpsons-infer", many, "--model", model, "-o", out, "-q")
         before = out.read_bytes()
-        process = started("simpsons-infer", many, "--model", args.model, "-o", out, "-q")
+        process = started("simpsons-infer", many, "--model", model, "-o", out, "-q")
         time.sleep(2.5)
         process.kill()
         process.wait()
         intact = out.read_bytes() == before
         stale = len(list(work.glob(f".old{suffix}.*.tmp")))
-        rc, peak, err = run("simpsons-infer", many, "--model", args.model, "-o", out, "-q")
+        rc, peak, err = run("simpsons-infer", many, "--model", model, "-o", out, "-q")
         left = len(list(work.glob(f".old{suffix}.*.tmp")))
         row(f"infer -o {suffix} killed (SIGKILL at 2.5 s), then rerun", rc, peak, err, "yes" if intact else "NO",
             f"temporaries: {stale} after the kill, {left} after the rerun")
 
     # 5. two writers at once
-    first = started("simpsons-infer", many, "--model", args.model, "-o", work / "same.csv", "-q")
+    first = started("simpsons-infer", many, "--model", model, "-o", work / "same.csv", "-q")
     time.sleep(1.5)
-    rc, peak, err = run("simpsons-infer", many, "--model", args.model, "-o", work / "same.csv", "-q")
+    rc, peak, err = run("simpsons-infer", many, "--model", model, "-o", work / "same.csv", "-q")
     first.wait()
     row("two runs writing the same .csv at once (the second)", rc, peak, err, note=err.strip().splitlines()[0][:80] if err.strip() else "")
 
@@ -116,9 +145,8 @@ def main() -> None:
         ("infer -o .json under a file (unwritable folder)", ["-o", blocker / "rows.json"]),
         ("infer --threads -1", ["--threads", "-1"]),
     ]:
-        rc, peak, err = run("simpsons-infer", many, "--model", args.model, *a)
-        lines = [x for x in err.splitlines() if not x.startswith("PEAK_MB")]
-        row(case, rc, peak, err, note=(lines[-1][:90] if lines else ""))
+        rc, peak, err = run("simpsons-infer", many, "--model", model, *a)
+        row(case, rc, peak, err, note=last_line(err))
 
     # 7. a huge batch size on 2000 and 5000 files
     for count in (2000, 5000):
@@ -127,18 +155,18 @@ def main() -> None:
         for i in range(count):
             (big / f"{i:05d}.jpg").symlink_to(frames[i % len(frames)])
         for batch in ("32", "100000"):
-            rc, peak, err = run("simpsons-infer", big, "--model", args.model, "-o", work / f"big{batch}.csv", "-q", "--batch-size", batch)
+            rc, peak, err = run("simpsons-infer", big, "--model", model, "-o", work / f"big{batch}.csv", "-q", "--batch-size", batch)
             row(f"infer --batch-size {batch}, {count} files", rc, peak, err)
 
     # 7b. CSV: Ctrl-C, then --resume
     out = work / "rows.csv"
-    process = started("simpsons-infer", work / "big5000", "--model", args.model, "-o", out, "-q")
+    process = started("simpsons-infer", work / "big5000", "--model", model, "-o", out, "-q")
     time.sleep(4.0)
     process.send_signal(signal.SIGINT)
     rc = process.wait()
     err = process.stderr.read()
     kept = len(out.read_text().splitlines()) - 1
-    rc2, peak, err2 = run("simpsons-infer", work / "big5000", "--model", args.model, "-o", out, "-q", "--resume")
+    rc2, peak, err2 = run("simpsons-infer", work / "big5000", "--model", model, "-o", out, "-q", "--resume")
     total = len(out.read_text().splitlines()) - 1
     unique = len({line.split(",")[0] for line in out.read_text().splitlines()[1:]})
     rows.append(("infer -o .csv, 5000 files: Ctrl-C at 4 s, then --resume", f"{rc}, then {rc2}", str(peak),
@@ -167,10 +195,160 @@ def main() -> None:
         note=f"after the kill: manifest {'present' if after_kill else 'absent'}, {cached} cache shards kept; "
              f"the rerun's manifest byte-identical to a clean run: {same}")
 
-    print("| case | exit | peak MB | traceback | earlier output survived | what the run or rerun found |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+
+
+def rows_in(path: Path) -> int:
+    """Whole rows in a CSV output (its header aside)."""
+    return len(path.read_bytes().split(b"\r\n")[1:-1]) if path.is_file() else 0
+
+
+def last_line(stderr: str, containing: str = "") -> str:
+    """The last line of the command's own (with ``containing``), shortened for the table."""
+    lines = [x for x in stderr.splitlines() if not x.startswith("PEAK_MB") and containing in x]
+    return lines[-1].replace(f"{WORK}/", "")[:110] if lines else ""
+
+
+def nested(root: Path, depth: int) -> Path:
+    """``root/d/d/.../d``, ``depth`` folders deep; the deepest. (mkdir(parents=True) recurses.)"""
+    folder = root
+    for _ in range(depth):
+        folder = folder / "d"
+        folder.mkdir()
+    return folder
+
+
+def remove_nested(root: Path, deepest: Path) -> None:
+    """Remove what ``nested`` made, from the bottom (shutil.rmtree recurses too)."""
+    for f in deepest.iterdir():
+        f.unlink()
+    while deepest != root:
+        deepest.rmdir()
+        deepest = deepest.parent
+
+
+def issue23(work: Path, model: Path, frames: list[Path], row: Callable[..., None]) -> None:
+    """The runtime's cases of issue #23: hostile files, memory bombs, unbounded counts, a disk
+    that fills up, hostile folders, --resume on foreign files, formula names, symbolic links."""
+    import random
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from tests.test_hostile_runtime import flat_png, fuzz_folder
+
+    portable = model.with_suffix(".portable.onnx")
+    work.mkdir(parents=True)
+
+    def folder_of(name: str, count: int) -> Path:
+        folder = work / name
+        folder.mkdir()
+        for i, f in enumerate(frames[:count]):
+            (folder / f"{i:03d}.jpg").symlink_to(f)
+        return folder
+
+    hundred = folder_of("hundred", 100)
+
+    # 1. one hostile file among good ones
+    mixed = folder_of("mixed", 100)
+    for name in ("evil.tif", "evil_exif.jpg"):
+        shutil.copy(REPO.parent / "shared" / "data" / "hostile" / name, mixed / name)
+    for suffix in (".parquet", ".csv"):
+        out = work / f"mixed{suffix}"
+        rc, peak, err = run("simpsons-infer", mixed, "--model", model, "-o", out, "-q")
+        kept = (rows_in(out) if suffix == ".csv" else len(pq.read_table(out))) if out.is_file() else 0
+        row(f"infer -o {suffix}: evil.tif and evil_exif.jpg among 100 frames", rc, peak, err, note=f"{kept} rows of 102")
+
+    # 2. memory bombs and frames in flight
+    bombs = work / "bombs"
+    bombs.mkdir()
+    flat_png(bombs / "deep.png", 13000, 13000, "I;16")
+    flat_png(bombs / "alpha.png", 13000, 13000, "RGBA")
+    Image.new("RGB", (12000, 12000), (200, 40, 40)).save(bombs / "huge.jpg", quality=80)
+    flat_png(bombs / "limit.png", 5600, 5700, "RGBA")
+    for case, name, which in [("a 16-bit PNG 13000x13000", "deep.png", model), ("an RGBA PNG 13000x13000", "alpha.png", model),
+                              ("a JPEG 12000x12000", "huge.jpg", portable), ("an RGBA PNG 5600x5700 (31.9 MP)", "limit.png", model)]:
+        out = work / "bomb.csv"
+        rc, peak, err = run("simpsons-infer", bombs / name, "--model", which, "-o", out, "-q")
+        status = next(csv.reader(out.read_text().splitlines()[1:]))[1] if rows_in(out) else ""
+        row(f"infer {case} ({which.name})", rc, peak, err, note=status[:90])
+    Image.open(frames[0]).convert("RGB").resize((1920, 1080)).save(work / "frame.png")
+    hd = work / "hd"
+    hd.mkdir()
+    for i in range(300):
+        (hd / f"{i:03d}.png").symlink_to(work / "frame.png")
+    for batch in ("32", "128"):
+        rc, peak, err = run("simpsons-infer", hd, "--model", portable, "-o", work / "hd.csv", "-q", "--batch-size", batch)
+        row(f"infer 300 1080p frames, portable, --batch-size {batch}", rc, peak, err, note=f"{rows_in(work / 'hd.csv')} rows")
+
+    # 3. counts without bounds
+    for option, value in (("--top-k", "1000000000"), ("--threads", "100000")):
+        rc, peak, err = run("simpsons-infer", hundred, "--model", model, "-o", work / "counts.csv", option, value, "-q")
+        row(f"infer {option} {value}", rc, peak, err, note=last_line(err, "capped"))
+
+    # 5. a disk that fills up in the middle of a row
+    for suffix in (".csv", ".jsonl"):
+        out = work / f"full{suffix}"
+        rc, peak, err = run("simpsons-infer", hundred, "--model", model, "-o", out, "-q", file_limit=5000)
+        whole = out.read_bytes().endswith(b"\n")
+        row(f"infer -o {suffix} where the file may not pass 5000 bytes", rc, peak, err, note=f"ends with a whole row: {whole}; {last_line(err)}")
+
+    # 6. hostile folders
+    loop = folder_of("loop", 100)
+    (loop / "self").symlink_to(".")
+    (loop / "gone.jpg").symlink_to(work / "nowhere.jpg")
+    os.mkfifo(loop / "pipe.jpg")
+    (loop / "locked").mkdir()
+    shutil.copy(frames[0], loop / "locked" / "hidden.jpg")
+    (loop / "locked").chmod(0)  # unreadable, except to root
+    (work / "deep").mkdir()
+    deepest = nested(work / "deep", 1100)
+    shutil.copy(frames[0], deepest / "bottom.jpg")
+    rc, peak, err = run("simpsons-infer", loop, work / "deep", "--model", model, "-o", work / "loop.csv", "-q", timeout=300)
+    warned = sum(": warning: " in x for x in err.splitlines())
+    row("infer a folder with a link to itself, a broken link, a FIFO, an unreadable folder; 1,100 nested folders", rc, peak, err,
+        note=f"{rows_in(work / 'loop.csv')} rows (100 frames, the deepest, the unreadable one's if root); {warned} warning lines")
+    (loop / "locked").chmod(0o755)
+    remove_nested(work / "deep", deepest)
+    rc, peak, err = run("simpsons-infer", loop / "pipe.jpg", frames[0], "--model", model, "-q", timeout=60)
+    row("infer a FIFO given as input", rc, peak, err, note=last_line(err, "pipe.jpg"))
+
+    # 7. --resume into files this model did not write
+    ours = work / "ours.jsonl"
+    run("simpsons-infer", hundred, "--model", model, "-o", ours, "-q")
+    theirs = work / "theirs.csv"
+    run("simpsons-infer", hundred, "--model", model, "-o", theirs, "-q")
+    table = list(csv.reader(theirs.read_text().splitlines()))
+    table[1][2] = "ned_flanders"  # as a model with another class would have written it
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(table)
+    foreign = {
+        "bad_last.jsonl": ours.read_text().splitlines()[0] + "\nnot json\n",
+        "binary.jsonl": random.Random(0).randbytes(8192),
+        "theirs.csv": buffer.getvalue(),
+    }
+    for name, content in foreign.items():
+        path = work / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        before = path.read_bytes()
+        rc, peak, err = run("simpsons-infer", hundred, "--model", model, "-o", path, "-q", "--resume")
+        row(f"infer --resume into {name}", rc, peak, err, "yes" if path.read_bytes() == before else "NO", last_line(err))
+
+    # 9. formula names, links to outputs; and the fuzz
+    formulas = work / "formulas"
+    formulas.mkdir()
+    shutil.copy(frames[0], formulas / "=cmd|' -C calc'!A0.jpg")
+    rc, peak, err = run("simpsons-infer", "=cmd|' -C calc'!A0.jpg", "--model", model, "-o", work / "formulas.csv", "-q", cwd=formulas)
+    row("infer -o .csv: a file named =cmd|' -C calc'!A0.jpg, given by that name", rc, peak, err,
+        note="its cell: " + next(csv.reader((work / "formulas.csv").read_text().splitlines()[1:]))[0])
+    target = work / "store" / "rows.parquet"
+    target.parent.mkdir()
+    (work / "link.parquet").symlink_to(target)
+    rc, peak, err = run("simpsons-infer", hundred, "--model", model, "-o", work / "link.parquet", "-q")
+    row("infer -o link.parquet (a symbolic link)", rc, peak, err,
+        note=f"still a link: {(work / 'link.parquet').is_symlink()}; its target written: {target.is_file()}")
+    fuzz_folder(work / "fuzz", 300)
+    rc, peak, err = run("simpsons-infer", work / "fuzz", "--model", model, "-o", work / "fuzz.csv", "-q")
+    row("infer 3,300 damaged JPEG/PNG/TIFF/WebP/GIF/BMP files", rc, peak, err, note=f"{rows_in(work / 'fuzz.csv')} rows of 3300")
 
 
 if __name__ == "__main__":

@@ -22,13 +22,15 @@ import numpy as np
 
 from runtime.errors import DeviceError, MetadataError, ModelError, SimpsonsError
 from runtime.listing import display_path
-from runtime.metadata import FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, info_from_props, read_sidecar
+from runtime.metadata import FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, check_sidecar, info_from_props, read_sidecar
 from runtime.openset import check_threshold
-from runtime.parallel import in_order
-from runtime.preprocess import ImageSource, decode as decode_pixels, preprocess
+from runtime.parallel import in_order, usable_cores
+from runtime.preprocess import MAX_ASPECT, ImageSource, decode as decode_pixels, preprocess
 
 log = logging.getLogger("simpsons.runtime")
 UNKNOWN = "unknown"  # the label of an image the open-set score rejects
+BATCH_BYTES = 8 << 20  # frames in one portable model run, at most (a larger frame runs alone)
+WINDOW_BYTES = 64 << 20  # portable frames decoded ahead of the model, at most
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def model_info(path: Path, session) -> ModelInfo:
-    """The ONNX metadata, or where a runtime stripped it, the sidecar beside the file."""
+    """The ONNX metadata (and a sidecar beside the file must agree with it), or where a runtime
+    stripped it, the sidecar."""
     props = session.get_modelmeta().custom_metadata_map
     try:
-        return info_from_props(props) if "classes" in props or "format_version" in props else read_sidecar(path)
+        if "classes" not in props and "format_version" not in props:
+            return read_sidecar(path)
+        info = info_from_props(props)
+        check_sidecar(path, info)
+        return info
     except MetadataError as e:
         raise MetadataError(f"{path}: {e}") from None
 
@@ -185,7 +192,7 @@ class Classifier:
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         self.classes: tuple[str, ...] = self.info.classes
-        self.workers = threads or min(8, os.cpu_count() or 1)
+        self.workers = threads or min(8, usable_cores())
         self.threshold = self._threshold(unknown, unknown_threshold)
 
     def _threshold(self, unknown: bool, override: float | None) -> float | None:
@@ -238,23 +245,42 @@ class Classifier:
 
     def prepare(self, item: ImageSource) -> np.ndarray:
         """Decode (and for the plain model, preprocess) one picture, in a decoding thread."""
-        return decode_pixels(item) if self.portable else preprocess(item, self.info.preprocessing)
+        if self.portable:
+            return decode_pixels(item, min_size=self.info.preprocessing.resize_size)
+        return preprocess(item, self.info.preprocessing)
+
+    def window(self, batch_size: int) -> int:
+        """How many pictures may be decoding or decoded ahead of the model: two batches, or for
+        the portable model, whose frames are larger, as many of the largest frames ``decode``
+        gives (shorter side under twice the resize size, at most ``MAX_ASPECT``:1) as fit in
+        ``WINDOW_BYTES``, so what waits in the window stays bounded whatever the frames."""
+        if not self.portable:
+            return 2 * batch_size
+        largest = 3 * MAX_ASPECT * (2 * self.info.preprocessing.resize_size) ** 2
+        return max(2, min(2 * batch_size, WINDOW_BYTES // largest))
 
     def iter_predict(
         self, items: Iterable[ImageSource], top_k: int = 1, batch_size: int = 32
     ) -> Iterator[Result]:
         """Results in input order. Decoding runs in a thread pool while the model runs; at most
-        a few batches are in flight, so memory stays flat however many files there are."""
+        a few batches are in flight, so memory stays flat however many files there are. For the
+        portable model a batch also ends at ``BATCH_BYTES`` of frames: its graph holds several
+        times its input while it resizes, and frames differ in size (a plain model's inputs are
+        all one small size, so the count bounds them)."""
         ready: list[tuple[ImageSource, np.ndarray | str]] = []  # an array, or why there is none
+        size = 0
         with ThreadPoolExecutor(self.workers) as pool:
-            for source, future in in_order(pool, self.prepare, items, 2 * batch_size):
+            for source, future in in_order(pool, self.prepare, items, self.window(batch_size)):
                 try:
-                    ready.append((source, future.result()))
+                    array = future.result()
+                    size += array.nbytes
+                    ready.append((source, array))
                 except (SimpsonsError, OSError) as e:  # a bad file is a row, not a crash
                     ready.append((source, str(e) or type(e).__name__))
-                if len(ready) == batch_size:
+                if len(ready) == batch_size or (self.portable and size >= BATCH_BYTES):
                     yield from self._run(ready, top_k)
                     ready.clear()
+                    size = 0
             yield from self._run(ready, top_k)
 
     def _run(self, ready: Sequence[tuple[ImageSource, np.ndarray | str]], top_k: int) -> Iterator[Result]:

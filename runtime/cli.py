@@ -11,19 +11,28 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from runtime.labels import label_from_path
 from runtime.listing import Listing, display_path
 from runtime.logs import to_stderr
+from runtime.memory import return_large_blocks
+from runtime.parallel import usable_cores
 from runtime.progress import progress
 
 log = logging.getLogger("simpsons.infer")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_BATCH = 128  # a larger batch only grows memory (decoded images in flight, activations), not speed
+# onnxruntime's threads each want a core; decoding threads gain from more than the cores only
+# while they wait on slow storage (a network disk), and 4 per core covers that. Beyond it,
+# each thread is a stack and a share of the cores: 100000 of them exhausted a machine.
+THREADS_PER_CORE = 4
 
 
 def finite_float(text: str) -> float:
@@ -55,9 +64,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", "-m", type=Path, required=True, help="model.onnx (or model.portable.onnx) from `simpsons export`")
     parser.add_argument("--output", "-o", type=Path, help="rows to .csv, .jsonl, .json or .parquet (default: a table on stdout)")
     parser.add_argument("--batch-size", type=int, default=32, help=f"images per model run (at most {MAX_BATCH})")
-    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--top-k", type=int, default=3, help="classes per row, best first (at most the model's classes)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime and decoding threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None, help=f"onnxruntime and decoding threads (default: all cores; at most {THREADS_PER_CORE} per core)")
     parser.add_argument("--no-recursive", dest="recursive", action="store_false", help="only the top level of each folder")
     parser.add_argument("--unknown-threshold", type=finite_float, default=None, metavar="X",
                         help="label an image 'unknown' when its ood_score is above X (default: the threshold stored in the model)")
@@ -153,6 +162,14 @@ def prediction_rows(clf, files, args: argparse.Namespace) -> Iterator[dict]:
     yield from classify(args.ray, list(files), args.model, args.top_k, args.batch_size, args.unknown_threshold, not args.no_unknown)
 
 
+def capped(option: str, value: int | None, limit: int, why: str) -> int | None:
+    """``value``, or ``limit`` with a one-line warning saying why when it is above."""
+    if value is None or value <= limit:
+        return value
+    log.warning("%s %d capped at %d: %s", option, value, limit, why)
+    return limit
+
+
 def fail(message: str) -> int:
     print(f"simpsons-infer: error: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -164,7 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         return fail(str(e))
     to_stderr("simpsons-infer", logging.WARNING)
-    from runtime.classifier import Classifier
+    return_large_blocks()
+    # Pillow warns from the header of any picture above 89 MP; runtime.preprocess.MAX_PIXELS
+    # decides, after a JPEG's reduction on decode, and its refusal is the row's reason.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    from runtime.classifier import UNKNOWN, Classifier
     from runtime.errors import SimpsonsError
     from runtime.writers import STREAMED, open_writer
 
@@ -178,16 +199,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("no image files found in " + ", ".join(map(display_path, args.paths)))
     if args.unknown_dir and not unknown_files:
         return fail(f"--unknown {args.unknown_dir}: no image files found")
-    if args.batch_size > MAX_BATCH:
-        log.warning("--batch-size %d capped at %d: larger batches hold more decoded images without running faster",
-                    args.batch_size, MAX_BATCH)
-        args.batch_size = MAX_BATCH
+    args.batch_size = capped("--batch-size", args.batch_size, MAX_BATCH,
+                             "larger batches hold more decoded images without running faster")
+    args.threads = capped("--threads", args.threads, THREADS_PER_CORE * usable_cores(),
+                          f"{THREADS_PER_CORE} per core here; more only wait for one another")
+    output = args.output or "standard output"  # what messages name
     try:
         clf = Classifier(args.model, device=args.device, threads=args.threads,
                          unknown_threshold=args.unknown_threshold, unknown=not args.no_unknown)
-        writer = open_writer(args.output, args.top_k, resume=args.resume)
+        args.top_k = capped("--top-k", args.top_k, len(clf.classes), "the model has no more classes")
+        writer = open_writer(args.output, args.top_k, resume=args.resume, labels=(*clf.classes, UNKNOWN))
     except (SimpsonsError, OSError) as e:
-        return fail(str(e) if isinstance(e, SimpsonsError) else f"{e.filename or args.output}: cannot write ({e.strerror or e})")
+        return fail(str(e) if isinstance(e, SimpsonsError) else f"{display_path(e.filename or output)}: cannot write ({e.strerror or e})")
     if not args.quiet:
         resumed = f", resuming after {writer.last_path}" if writer.last_path else ""
         print(f"simpsons-infer: model {args.model.name} ({clf.info.arch}, {len(clf.classes)} classes"
@@ -207,13 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SimpsonsError as e:
         writer.abort()
         return fail(str(e))
-    except OSError as e:
+    except OSError as e:  # reading, not writing: the writers report their own failures as OutputError
         writer.abort()
-        return fail(f"{args.output}: cannot write ({e.strerror or e}); the rows already written are whole")
+        return fail(f"{display_path(e.filename) if e.filename else 'the inputs'}: cannot read ({e.strerror or e})")
+    except BaseException:  # a bug keeps its traceback, but leaves no temporary file or lock behind
+        writer.abort()
+        raise
     try:
         writer.close()
     except OSError as e:
-        return fail(f"{args.output}: cannot write ({e.strerror or e}); the earlier output is untouched")
+        return fail(f"{display_path(output)}: cannot write ({e.strerror or e}); the earlier output is untouched")
     elapsed, total, failed = time.perf_counter() - start, tally.total, len(tally.failures)
 
     if not args.quiet:

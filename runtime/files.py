@@ -26,6 +26,12 @@ except ImportError:  # Windows
     fcntl = None
 
 
+def real_path(path: Path) -> Path:
+    """``path`` with every symbolic link resolved (also when the file does not exist yet): the
+    one name of a file however it is reached, which locks and replacements must use."""
+    return Path(os.path.realpath(path))
+
+
 def temporary_path(path: Path) -> Path:
     """A new, empty file beside ``path``, named for this process (``.NAME.PID.RANDOM.tmp``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +41,9 @@ def temporary_path(path: Path) -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[Path], T]) -> T:
-    """``write(tmp)``, then ``tmp`` becomes ``path``; returns what ``write`` returned."""
+    """``write(tmp)``, then ``tmp`` becomes ``path``; returns what ``write`` returned. Where
+    ``path`` is a symbolic link, the file it points to is replaced, not the link."""
+    path = real_path(path)
     tmp = temporary_path(path)
     try:
         result = write(tmp)
@@ -88,19 +96,21 @@ class BusyError(SimpsonsError):
 class Lock:
     """An exclusive ``flock`` on ``.NAME.lock`` beside an output, held until ``release``. The
     kernel drops it when the process dies, so a killed run never leaves a stale lock. Taken
-    at once or refused (``BusyError``); with ``wait``, waited for."""
+    at once or refused (``BusyError``); with ``wait``, waited for. Keyed on the output's real
+    path: two runs writing one file through a symbolic link and its target exclude each other."""
 
     def __init__(self, path: Path, wait: bool = False):
         self.file = None
         if fcntl is None:  # Windows: no advisory locks here; outputs are still written atomically
             return
+        shown, path = path, real_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path.with_name(f".{path.name}.lock"), "a+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             self.file.close()
-            raise BusyError(f"{path} is being written by another run; wait for it to finish or choose another output") from None
+            raise BusyError(f"{shown} is being written by another run; wait for it to finish or choose another output") from None
 
     def release(self) -> None:
         if self.file is not None:

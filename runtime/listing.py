@@ -5,7 +5,7 @@ run (which is what lets ``--resume`` skip what an earlier run wrote), and any na
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -37,45 +37,90 @@ def odd_name(path: str | os.PathLike) -> bool:
 
 
 log = logging.getLogger("simpsons.listing")
-
-
-def _walk(folder: Path, recursive: bool, skipped: list[int]) -> Iterator[Path]:
-    with os.scandir(folder) as entries:
-        ordered = sorted(entries, key=lambda e: os.fsencode(e.name))
-    for entry in ordered:
-        if entry.is_dir(follow_symlinks=True):
-            if recursive:
-                yield from _walk(Path(entry.path), recursive, skipped)
-        elif entry.is_file(follow_symlinks=True):
-            if is_image_name(entry.name):
-                yield Path(entry.path)
-            else:
-                skipped[0] += 1
+_SORTED = functools.partial(sorted, key=lambda entry: os.fsencode(entry.name))
 
 
 class Listing:
     """Image files under ``paths`` (files named directly are taken as they are), in a stable
-    order, produced as they are consumed; ``skipped`` counts the non-image files passed over."""
+    order, produced as they are consumed; ``skipped`` counts the non-image files passed over.
+
+    Folders are walked depth first in sorted order, on a stack of their own (1,100 nested
+    folders are no RecursionError), each folder once: a symbolic link back to a folder already
+    walked (``ln -s . D/self``) is skipped, not followed round. What cannot be listed (an
+    unreadable folder, a broken link, a FIFO, socket or device, which would block a reader)
+    is a warning line naming it, and the walk goes on."""
 
     def __init__(self, paths: Sequence[Path], recursive: bool = True):
         missing = [p for p in paths if not p.exists()]
         if missing:
             raise FileNotFoundError(f"{display_path(missing[0])}: no such file or folder")
-        self.paths, self.recursive, self._skipped = list(paths), recursive, [0]
+        self.paths, self.recursive, self.skipped = list(paths), recursive, 0
+        self._warned: set[str] = set()  # the listing may be walked twice (a first file, then all): each warning once
+        self._odd_named = False  # names that are not text: one warning for all
 
-    @property
-    def skipped(self) -> int:
-        return self._skipped[0]
+    def _warn(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("%s", message)
 
     def __iter__(self) -> Iterator[Path]:
-        warned = False
-        for path in itertools.chain.from_iterable(
-            _walk(p, self.recursive, self._skipped) if p.is_dir() else [p] for p in self.paths
-        ):
-            if not warned and odd_name(path):
-                log.warning("%s: the file name is not valid text; rows show it escaped (\\xNN per odd byte)", display_path(path))
-                warned = True
-            yield path
+        self.skipped = 0
+        walked: dict[tuple[int, int], str] = {}  # (device, inode) of each folder walked -> its name
+        for path in self.paths:
+            if path.is_dir():
+                yield from self._walk(path, walked)
+            elif path.is_file():
+                yield self._checked_name(path)
+            else:
+                self._warn(f"{display_path(path)}: not a regular file (a FIFO, socket or device); skipped")
+
+    def _checked_name(self, path: Path) -> Path:
+        if not self._odd_named and odd_name(path):
+            log.warning("%s: the file name is not valid text; rows show it escaped (\\xNN per odd byte)", display_path(path))
+            self._odd_named = True
+        return path
+
+    def _walk(self, top: Path, walked: dict[tuple[int, int], str]) -> Iterator[Path]:
+        stack = [self._entries(top, walked)]
+        while stack:
+            entry = next(stack[-1], None)
+            if entry is None:
+                stack.pop()
+                continue
+            path = Path(entry.path)
+            try:
+                folder, regular = entry.is_dir(), entry.is_file()
+            except OSError as e:  # a link to itself (ELOOP), a folder that may not be searched
+                self._warn(f"{display_path(path)}: cannot read ({e.strerror or e}); skipped")
+                continue
+            if folder:
+                if self.recursive:
+                    stack.append(self._entries(path, walked))
+            elif regular:
+                if is_image_name(entry.name):
+                    yield self._checked_name(path)
+                else:
+                    self.skipped += 1
+            elif entry.is_symlink() and not os.path.exists(path):
+                self._warn(f"{display_path(path)}: a broken symbolic link; skipped")
+            else:
+                self._warn(f"{display_path(path)}: not a regular file (a FIFO, socket or device); skipped")
+
+    def _entries(self, folder: Path, walked: dict[tuple[int, int], str]) -> Iterator[os.DirEntry]:
+        """The folder's entries in sorted order; none, with a warning, when it cannot be read or
+        was walked already (through another link)."""
+        try:
+            status = folder.stat()
+            key = (status.st_dev, status.st_ino)
+            if key in walked:
+                self._warn(f"{display_path(folder)}: the same folder as {walked[key]}, already listed (a symbolic link); skipped")
+                return iter(())
+            walked[key] = display_path(folder)
+            with os.scandir(folder) as entries:
+                return iter(_SORTED(entries))
+        except OSError as e:
+            self._warn(f"{display_path(folder)}: cannot read the folder ({e.strerror or e}); skipped")
+            return iter(())
 
     def after(self, last: str | None) -> Iterator[Path]:
         """The files after the one shown as ``last`` (``display_path``) in this order: what an

@@ -214,17 +214,40 @@ def sidecar(info: ModelInfo, model: Path, inputs: list[dict], outputs: list[dict
     }
 
 
-def read_sidecar(model: Path) -> ModelInfo:
-    """The sidecar's metadata, after checking that it describes this very file."""
-    path = sidecar_path(model)
-    if not path.is_file():
-        raise MetadataError(f"the model has no metadata and no sidecar {path.name} beside it (not a Simpsons classifier export?)")
+def _sidecar_content(path: Path) -> dict:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise MetadataError(f"{path}: not a readable sidecar ({e})") from None
     if not isinstance(d, dict):
         raise MetadataError(f"{path}: not a sidecar (expected a JSON object)")
+    return d
+
+
+def check_sidecar(model: Path, info: ModelInfo) -> None:
+    """A model that carries its own metadata (``info``, the truth) and has a sidecar beside it:
+    the sidecar must say the same. Runtimes that cannot read ONNX metadata (the web, Node) read
+    only the sidecar, and its sha256 covers the model, not itself: a sidecar with its classes
+    permuted still matches, and would label every picture wrong there."""
+    path = sidecar_path(model)
+    if not path.is_file():
+        return
+    try:
+        told = from_dict(_sidecar_content(path))
+    except MetadataError as e:
+        raise MetadataError(f"its sidecar {path.name}: {e}; the model's own metadata is the truth: re-export, or delete the sidecar") from None
+    differ = [k for k, v in to_dict(info).items() if to_dict(told)[k] != v]
+    if differ:
+        raise MetadataError(f"its sidecar {path.name} contradicts the metadata inside it ({', '.join(differ)}); the model's "
+                            "own metadata is the truth: re-export, or delete the sidecar")
+
+
+def read_sidecar(model: Path) -> ModelInfo:
+    """The sidecar's metadata, after checking that it describes this very file."""
+    path = sidecar_path(model)
+    if not path.is_file():
+        raise MetadataError(f"the model has no metadata and no sidecar {path.name} beside it (not a Simpsons classifier export?)")
+    d = _sidecar_content(path)
     if d.get("sha256") != sha256(model):
         raise MetadataError(f"{path} does not describe {model.name}: its sha256 differs (re-export, or copy the matching pair)")
     return from_dict(d)

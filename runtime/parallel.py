@@ -1,8 +1,9 @@
 """One bounded, order-keeping parallel map: used by the runtime's decoding and the data
-engine's fingerprinting alike."""
+engine's fingerprinting alike; and how many cores there are to run it on."""
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
@@ -27,3 +28,12 @@ def in_order(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: i
         item, future = pending.popleft()
         future.exception()
         yield item, future
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, a container's cpuset),
+    which can be far fewer than the machine's ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
