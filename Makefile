@@ -27,7 +27,7 @@ $(VENV)/bin/simpsons: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install --quiet -e ".[train,dev,distributed]"
+	$(VENV)/bin/pip install --quiet -e ".[train,dev,distributed,lite]"
 	touch $@
 
 setup: $(VENV)/bin/simpsons

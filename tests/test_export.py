@@ -135,3 +135,23 @@ def test_bad_inputs_give_one_clear_line(pipeline_run, tmp_path: Path):
         result = invoke("export", "--checkpoint", checkpoint, "--out", out, *extra)
         assert result.exit_code == 2, result.output
         assert message in result.output and result.output.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_a_near_tie_that_flips_is_reported_not_a_disagreement():
+    import numpy as np
+
+    from export.onnx_export import Scored, agreement
+
+    classes = ["a", "b", "c"]
+
+    def scored(rows):
+        probs = np.array(rows, dtype=np.float32)
+        return Scored([classes[i] for i in probs.argmax(1)], probs, None)
+
+    reference = scored([[0.9, 0.05, 0.05], [0.48, 0.47, 0.05], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    near_tie = scored([[0.9, 0.05, 0.05], [0.47, 0.48, 0.05], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    report = agreement(near_tie, reference)
+    assert report["top1_agreement_with_reference"] == 0.75
+    assert report["top1_agreement_on_clear_answers"] == 1.0 and report["clear_answers"] == 3 and report["near_tie_flips"] == 1
+    clear_flip = scored([[0.05, 0.9, 0.05], [0.48, 0.47, 0.05], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    assert agreement(clear_flip, reference)["top1_agreement_on_clear_answers"] == 2 / 3

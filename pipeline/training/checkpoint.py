@@ -132,13 +132,11 @@ class Checkpoint:
 
     def model(self) -> nn.Module:
         """The trained network, in eval mode."""
-        import torchvision
-
-        from pipeline.training.model import available_archs
+        from pipeline.training.model import available_archs, build_model
 
         if self.arch not in available_archs():
-            raise CheckpointError(f"checkpoint architecture {self.arch!r} is unknown to this torchvision")
-        model = torchvision.models.get_model(self.arch, weights=None, num_classes=len(self.classes))
+            raise CheckpointError(f"checkpoint architecture {self.arch!r} is unknown to this version")
+        model = build_model(self.arch, len(self.classes), "none")
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as e:

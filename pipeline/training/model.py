@@ -1,7 +1,9 @@
-"""Build a torchvision classifier with a head sized for our classes.
+"""Build a classifier with a head sized for our classes: any torchvision classification
+architecture, or EfficientNet-Lite0/1/2 (``efficientnet_lite``), whose ImageNet weights install
+from the package index instead of downloading at run time.
 
-Any torchvision classification architecture works; the last Linear layer is replaced, keeping
-its name, so a checkpoint's ``state_dict`` loads into ``torchvision.models.<arch>(num_classes=N)``.
+The last Linear layer is replaced, keeping its name, so a checkpoint's ``state_dict`` loads into
+``build_model(arch, N)``.
 """
 
 from __future__ import annotations
@@ -12,17 +14,34 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from runtime.errors import SimpsonsError
+from pipeline.training import efficientnet_lite as lite
+from pipeline.training.efficientnet_lite import WeightsError
 
-
-class WeightsError(SimpsonsError):
-    """Pretrained weights could not be had; the message says what to do instead."""
+__all__ = ["WeightsError", "available_archs", "build_model", "pretrained_normalisation", "split_head"]
 
 
 def available_archs() -> list[str]:
     import torchvision
 
-    return torchvision.models.list_models(module=torchvision.models)
+    return torchvision.models.list_models(module=torchvision.models) + lite.lite_archs()
+
+
+def _bare(arch: str) -> nn.Module:
+    """The architecture with random weights and its 1000-class ImageNet head."""
+    import torchvision
+
+    if arch in lite.lite_archs():
+        return lite.build_efficientnet_lite(arch, 1000, pretrained=False)
+    return torchvision.models.get_model(arch, weights=None)
+
+
+def pretrained_normalisation(arch: str, weights: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The mean and std the ImageNet weights of ``arch`` were trained with where they must be
+    kept (EfficientNet-Lite's (x - 127) / 128), or None: normalise with the data set's own
+    statistics, as the reference pipeline does for ResNet50."""
+    if weights == "imagenet" and arch in lite.lite_archs():
+        return lite.MEAN, lite.STD
+    return None
 
 
 def _head_name(model: nn.Module) -> str:
@@ -53,6 +72,8 @@ def split_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
 def _imagenet(arch: str) -> nn.Module:
     import torchvision
 
+    if arch in lite.lite_archs():  # from the installed weights package: no download
+        return lite.build_efficientnet_lite(arch, 1000, pretrained=True)
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     try:
         return torchvision.models.get_model(arch, weights=weights)
@@ -64,9 +85,7 @@ def _imagenet(arch: str) -> nn.Module:
 
 
 def _local(arch: str, path: Path) -> nn.Module:
-    import torchvision
-
-    model = torchvision.models.get_model(arch, weights=None)
+    model = _bare(arch)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError) as e:
@@ -81,15 +100,14 @@ def _local(arch: str, path: Path) -> nn.Module:
 
 
 def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module:
-    """``weights``: ``imagenet`` (torchvision's, downloaded), ``none``, or a local file."""
-    import torchvision
-
+    """``weights``: ``imagenet`` (torchvision's, downloaded; EfficientNet-Lite's, from its
+    installed package), ``none``, or a local file."""
     if arch not in available_archs():
-        raise WeightsError(f"unknown architecture {arch!r}; e.g. resnet18, resnet50, efficientnet_b0, convnext_tiny")
+        raise WeightsError(f"unknown architecture {arch!r}; e.g. resnet18, resnet50, efficientnet_lite0, convnext_tiny")
     if weights == "imagenet":
         model = _imagenet(arch)
     elif weights == "none":
-        model = torchvision.models.get_model(arch, weights=None)
+        model = _bare(arch)
     else:
         model = _local(arch, Path(weights))
     return _replace_head(model, num_classes)

@@ -29,7 +29,7 @@ from pipeline.training.checkpoint import DEFAULT_SCORE, Calibration, Checkpoint
 from pipeline.training.config import TrainConfig, eval_size, resolve
 from pipeline.training.inference import amp_dtype, eval_loader, loader_workers, pick_device, predict, predict_rows
 from pipeline.writers import atomic_write, write_json
-from pipeline.training.model import build_model
+from pipeline.training.model import build_model, pretrained_normalisation
 from runtime.errors import SimpsonsError
 from runtime.files import Lock
 from runtime.metadata import Preprocessing
@@ -317,7 +317,8 @@ def _train(config: TrainConfig, resume: bool, rank: int, world: int, local_rank:
     state = resume_state(out, manifest_path) if resume else None
     manifest = read_manifest(manifest_path)
     classes = manifest.classes
-    pre = Preprocessing.for_size(eval_size(config), manifest.mean, manifest.std, config.crop_fraction)
+    mean, std = pretrained_normalisation(config.arch, config.weights) or (manifest.mean, manifest.std)
+    pre = Preprocessing.for_size(eval_size(config), mean, std, config.crop_fraction)
     train_loader, val_loader, targets = load_data(config, manifest, pre, rank, world, pin=device.type == "cuda")
 
     model = make_model(config, len(classes), resume, rank, world).to(device)
