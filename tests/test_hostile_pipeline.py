@@ -4,15 +4,19 @@ the files are made here, small, from scratch: nothing depends on ../shared."""
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tests.conftest import easy_dataset, invoke
+from tests.conftest import TINY, easy_dataset, invoke
 from tests.test_hostile_runtime import flat_png, jpeg_with_mistyped_exif, tiff_with_float_offset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,8 +42,6 @@ def peak_simpsons(*commands: list, env: dict | None = None, timeout: int = 120) 
             "for args in json.loads(sys.argv[1]):\n"
             "    try:\n        main(args)\n    except SystemExit as e:\n        codes.append(e.code)\n"
             "print(*codes, int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024)")
-    import json
-
     done = subprocess.run([sys.executable, "-c", code, json.dumps([[str(a) for a in c] for c in commands])], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
     *codes, peak = map(int, done.stdout.split()[-len(commands) - 1:])
@@ -81,3 +83,89 @@ def test_pixel_bombs_and_a_huge_text_file_stay_within_bounded_memory(data: Path,
     assert status["deep.png"] == ("corrupt", "too large: 13000x13000 pixels (169 MP) is above the 32 MP limit of one picture")
     assert status["notes.txt"] == ("not_image", "not an image file extension (.txt)")
     assert "Traceback" not in err and "DecompressionBomb" not in err
+
+
+# ----- 8. validation that ended in tracebacks -----
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A manifest and a one-epoch tiny model trained on it."""
+    base = tmp_path_factory.mktemp("trained")
+    data = easy_dataset(base / "data", per_class=8, test_per_class=2)
+    for step in [("manifest", data, "--out", base / "m", "--no-plots"),
+                 ("train", "--manifest", base / "m" / "manifest.parquet", "--out", base / "run", *TINY, "--epochs", "1")]:
+        result = invoke(*step)
+        assert result.exit_code == 0, (step[0], result.output, result.exception)
+    return {"data": data, "manifest": base / "m" / "manifest.parquet", "run": base / "run"}
+
+
+def without_mean(folder: Path) -> None:
+    stats = json.loads((folder / "stats.json").read_text())
+    del stats["mean"]
+    (folder / "stats.json").write_text(json.dumps(stats))
+
+
+def edited(column: str, value: str | None) -> Callable[[Path], None]:
+    """Set ``column`` of the manifest's first three rows to ``value``."""
+    def edit(folder: Path) -> None:
+        df = pl.read_parquet(folder / "manifest.parquet")
+        first = pl.int_range(pl.len()) < 3
+        df.with_columns(pl.when(first).then(pl.lit(value)).otherwise(pl.col(column)).alias(column)).write_parquet(folder / "manifest.parquet")
+    return edit
+
+
+@pytest.mark.parametrize("damage, message", [(without_mean, "lacks its per-channel mean"), (edited("path", None), "without a path"),
+                                             (edited("label", "zzz"), "label outside its classes")])
+def test_a_damaged_manifest_is_one_line_in_every_command(trained: dict, tmp_path: Path, damage, message: str):
+    folder = tmp_path / "m"
+    shutil.copytree(trained["manifest"].parent, folder)
+    damage(folder)
+    manifest = folder / "manifest.parquet"
+    for args in [("train", "--manifest", manifest, "--out", tmp_path / "run", *TINY, "--epochs", "1"),
+                 ("evaluate", "--checkpoint", trained["run"] / "best.pt", "--manifest", manifest, "--out", tmp_path / "ev", "--workers", "0"),
+                 ("audit", folder)]:
+        assert message in one_line_error(invoke(*args)), args[0]
+
+
+class Payload:
+    """A pickle that would run a command when loaded by an unsafe loader."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("content, message", [("code", "holding more than tensors"), ("list", "holds a list"),
+                                              ("empty", "the file is empty or cut short")])
+def test_a_bad_weights_or_checkpoint_file_is_one_line(trained: dict, tmp_path: Path, content: str, message: str):
+    """An empty file was "interrupted" (exit 130: click takes an EOFError for Ctrl-C) or an
+    IndexError; a pickle with code or a list, tracebacks. No code ever runs."""
+    import torch
+
+    bad = tmp_path / "bad.pt"
+    if content == "code":
+        bad.write_bytes(pickle.dumps(Payload(tmp_path / "ran")))
+    elif content == "list":
+        torch.save([1, 2, 3], bad)
+    else:
+        bad.write_bytes(b"")
+    weights = list(TINY)
+    weights[weights.index("--weights") + 1] = bad
+    assert message in one_line_error(invoke("train", "--manifest", trained["manifest"], "--out", tmp_path / "run", *weights))
+    assert message in one_line_error(invoke("evaluate", "--checkpoint", bad, "--manifest", trained["manifest"], "--out", tmp_path / "ev"))
+    assert not (tmp_path / "ran").exists()
+
+
+def test_nan_is_refused_where_a_number_is_expected(trained: dict, tmp_path: Path):
+    assert "not a finite number" in one_line_error(invoke("manifest", trained["data"], "--out", tmp_path / "m", "--val-fraction", "nan"))
+    assert "not a finite number" in one_line_error(invoke("export", "--checkpoint", trained["run"] / "best.pt", "--out",
+                                                          tmp_path / "model.onnx", "--accept-known", "nan"))
+    assert not (tmp_path / "m").exists() and not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("size", ["0x0", "-5x10", "60000x60000", "12x"])
+def test_synth_sizes_out_of_range_are_one_line(tmp_path: Path, size: str):
+    one_line_error(invoke("synth", tmp_path / "s", "--classes", "2", "--per-class", "1", "--size", size))
+    assert not (tmp_path / "s").exists()
