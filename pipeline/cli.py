@@ -7,6 +7,7 @@ Heavy libraries (torch, torchvision, onnx) are imported inside the commands that
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -222,7 +223,8 @@ def train(resume_dir: Path | None, **options) -> None:
     if resume_dir is not None:
         if not (resume_dir / "last.pt").is_file() or not (resume_dir / "config.json").is_file():
             raise UserError(f"{resume_dir}: nothing to resume (needs last.pt and config.json)")
-        config = trainer.TrainConfig.load(resume_dir / "config.json")
+        # into the folder given, whatever its config.json says: a copied run names the original
+        config = dataclasses.replace(trainer.TrainConfig.load(resume_dir / "config.json"), out=str(resume_dir))
     else:
         config = _train_config(options)
         if not Path(config.manifest).is_file():

@@ -169,3 +169,24 @@ def test_nan_is_refused_where_a_number_is_expected(trained: dict, tmp_path: Path
 def test_synth_sizes_out_of_range_are_one_line(tmp_path: Path, size: str):
     one_line_error(invoke("synth", tmp_path / "s", "--classes", "2", "--per-class", "1", "--size", size))
     assert not (tmp_path / "s").exists()
+
+
+# ----- 7. --resume writes where it is told -----
+
+def test_resuming_a_copy_of_a_run_leaves_the_original_alone(trained: dict, tmp_path: Path):
+    """The copy's config.json names the original folder as ``out``: resuming the copy rewrote
+    the original's best.pt."""
+    original = tmp_path / "original"
+    shutil.copytree(trained["run"], original)
+    config = json.loads((original / "config.json").read_text())
+    (original / "config.json").write_text(json.dumps({**config, "out": str(original)}))
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in original.iterdir() if p.is_file()}
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "epochs": 2}))  # one more epoch to run
+    result = invoke("train", "--resume", copy)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in original.iterdir() if p.is_file()} == before
+    assert json.loads((copy / "config.json").read_text())["out"] == str(copy)
+    assert (copy / "best.pt").stat().st_mtime_ns > before["best.pt"][1]
