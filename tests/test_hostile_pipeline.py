@@ -35,6 +35,14 @@ def one_line_error(result) -> str:
     return result.output
 
 
+def last_line_error(result) -> str:
+    """The error line of a command that reported progress first, then failed with exit 2."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output and result.output.splitlines()[-1].startswith("simpsons: error:"), result.output
+    assert sum(line.startswith("simpsons: error:") for line in result.output.splitlines()) == 1, result.output
+    return result.output.splitlines()[-1]
+
+
 def peak_simpsons(*commands: list, env: dict | None = None, timeout: int = 120) -> tuple[list[int], int, str]:
     """Each ``simpsons ARGS`` of ``commands`` in turn, in one fresh process: their exit codes,
     the process's peak memory (VmHWM, MB) and its stderr."""
@@ -190,3 +198,30 @@ def test_resuming_a_copy_of_a_run_leaves_the_original_alone(trained: dict, tmp_p
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in original.iterdir() if p.is_file()} == before
     assert json.loads((copy / "config.json").read_text())["out"] == str(copy)
     assert (copy / "best.pt").stat().st_mtime_ns > before["best.pt"][1]
+
+
+# ----- 1. an unreadable image in training or in evaluate --unknown -----
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_an_image_broken_after_the_manifest_stops_training_with_its_name(data: Path, tmp_path: Path, workers: str):
+    """It was "Caught ImageError in DataLoader worker process 0", no file named."""
+    assert invoke("manifest", data, "--out", tmp_path / "m", "--no-plots").exit_code == 0
+    df = pl.read_parquet(tmp_path / "m" / "manifest.parquet").filter(pl.col("split") == "train")
+    broken = df["path"][0]
+    (data / broken).write_bytes(b"overwritten after the manifest")
+    options = list(TINY)
+    options[options.index("--workers") + 1] = workers
+    error = last_line_error(invoke("train", "--manifest", tmp_path / "m" / "manifest.parquet", "--out", tmp_path / "run", *options,
+                                  "--epochs", "1"))
+    assert broken in error and "simpsons manifest" in error
+
+
+def test_evaluate_skips_an_unreadable_unknown_image_with_a_warning(trained: dict, tmp_path: Path):
+    unknown = easy_dataset(tmp_path / "strangers", per_class=0, test_per_class=1) / "kaggle_simpson_testset"
+    tiff_with_float_offset(unknown / "evil.tif")
+    result = invoke("evaluate", "--checkpoint", trained["run"] / "best.pt", "--manifest", trained["manifest"], "--out", tmp_path / "ev",
+                    "--workers", "0", "--unknown", unknown)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert [line for line in result.stderr.splitlines() if "warning" in line and "evil.tif" in line and "skipped" in line]
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["unknown"]["scores"][report["unknown"]["shipped"]]["unknown_images"] == 3

@@ -125,8 +125,13 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
     report.update(split=config.split, checkpoint=str(config.checkpoint), tta=config.tta, classes=classes)
     report["calibration"] = {"temperature": calibration.temperature, **fit_report(logits, targets, calibration.temperature)}
     if extra:
-        loader = datasets.loader(datasets.UnlabelledDataset(extra, EvalPreset(pre)), config.batch_size, config.workers)
-        (u_logits, u_features, _), _ = predict(network, loader, dev, tta=config.tta)
+        unlabelled = datasets.UnlabelledDataset(extra, EvalPreset(pre), (3, pre.image_size, pre.image_size))
+        (u_logits, u_features, _), u_targets = predict(network, datasets.loader(unlabelled, config.batch_size, config.workers), dev,
+                                                       tta=config.tta)
+        read = u_targets != datasets.SKIPPED
+        if not read.any():
+            raise EvaluationError(f"--unknown {config.unknown}: none of its {len(extra)} image files could be read")
+        u_logits, u_features = u_logits[read], u_features[read]
         report["unknown"] = openset_section(ood_scores(logits, features, calibration), ood_scores(u_logits, u_features, calibration),
                                             calibration.ood_score, calibration.ood_threshold, config.unknown)
 
