@@ -4,6 +4,7 @@ the files are made here, small, from scratch: nothing depends on ../shared."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -225,3 +226,30 @@ def test_evaluate_skips_an_unreadable_unknown_image_with_a_warning(trained: dict
     assert [line for line in result.stderr.splitlines() if "warning" in line and "evil.tif" in line and "skipped" in line]
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["unknown"]["scores"][report["unknown"]["shipped"]]["unknown_images"] == 3
+
+
+# ----- 5. a full disk -----
+
+def full_disk_torch_save(obj, f, *args, **kwargs):
+    """torch.save on a full disk: its own writer (given a file name) raises a RuntimeError; a
+    Python file object raises the OSError."""
+    if isinstance(f, (str, os.PathLike)):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def full_disk_write_text(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("failing, name", [("torch.save", "best.pt"), ("write_text", "history.json")])
+def test_training_on_a_full_disk_is_one_line_naming_the_file(trained: dict, tmp_path: Path, monkeypatch, failing: str, name: str):
+    import torch
+
+    if failing == "torch.save":
+        monkeypatch.setattr(torch, "save", full_disk_torch_save)
+    else:
+        real = Path.write_text
+        monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: (full_disk_write_text if ".history.json" in self.name else real)(self, *a, **k))
+    error = last_line_error(invoke("train", "--manifest", trained["manifest"], "--out", tmp_path / "run", *TINY, "--epochs", "1"))
+    assert error == f"simpsons: error: {tmp_path / 'run' / name}: No space left on device"

@@ -31,6 +31,18 @@ class CheckpointError(SimpsonsError):
     """A file given as a checkpoint is missing, damaged or not ours."""
 
 
+def save_tensors(obj: object, path: Path) -> None:
+    """``torch.save`` into a file object, replacing ``path`` whole. Given a file name, torch's
+    own writer reports a failed write (a full disk) as a RuntimeError ("enforce fail at
+    inline_container.cc"): a traceback. Through a Python file it is the OSError it is, which
+    ``atomic_write`` names and the commands print in one line."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write)
+
+
 def read_tensors(path: Path, what: str, error: type[SimpsonsError]) -> object:
     """What ``torch.load(weights_only=True)`` reads from ``path`` (a checkpoint or weights
     file); any failure is one ``error`` line naming the file. torch raises nearly anything on a
@@ -129,7 +141,7 @@ class Checkpoint:
         )
 
     def save(self, path: Path) -> None:
-        atomic_write(path, lambda tmp: torch.save(self.to_dict(), tmp))
+        save_tensors(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
