@@ -253,3 +253,20 @@ def test_training_on_a_full_disk_is_one_line_naming_the_file(trained: dict, tmp_
         monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: (full_disk_write_text if ".history.json" in self.name else real)(self, *a, **k))
     error = last_line_error(invoke("train", "--manifest", trained["manifest"], "--out", tmp_path / "run", *TINY, "--epochs", "1"))
     assert error == f"simpsons: error: {tmp_path / 'run' / name}: No space left on device"
+
+
+# ----- 3. counts without bounds -----
+
+def test_manifest_workers_are_capped_at_the_usable_cores_with_a_warning(data: Path, tmp_path: Path, monkeypatch):
+    """--workers 24 on 2 cores started 25 processes (1.6 GB)."""
+    from pipeline.engine import manifest as engine
+    from runtime import parallel
+
+    used = []
+    real = engine.fingerprint
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+    monkeypatch.setattr(engine, "fingerprint", lambda files, root, cached, save, workers, *a, **k: used.append(workers)
+                        or real(files, root, cached, save, workers, *a, **k))
+    result = invoke("manifest", data, "--out", tmp_path / "m", "--no-plots", "--workers", "24")
+    assert result.exit_code == 0 and used == [2], (result.output, used)
+    assert [line for line in result.stderr.splitlines() if "--workers 24: capped at 2" in line]

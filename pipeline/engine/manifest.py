@@ -29,6 +29,7 @@ from pipeline.writers import atomic_write, sink_parquet, write_json
 from pipeline.engine.scan import scan
 from runtime.errors import SimpsonsError
 from runtime.files import BusyError, Lock, check_writable
+from runtime.parallel import usable_cores
 from runtime.progress import progress
 
 log = logging.getLogger("simpsons.manifest")
@@ -154,7 +155,7 @@ def _fingerprints(data_root: Path, files: pl.DataFrame, workers: int | None, ray
     cache, current = ShardCache(cache_folder(data_root), KEY, FINGERPRINT_SCHEMA), files.select(KEY)
     for _ in range(3):  # again only when a shard was found damaged: its files are fingerprinted anew
         fingerprint(
-            files, data_root, cache.keys(), cache.save, workers or os.cpu_count() or 1, chunk,
+            files, data_root, cache.keys(), cache.save, workers or usable_cores(), chunk,
             progress=lambda it, total: show(it, total, "fingerprinting"), ray=ray,
         )
         if cache.compact(current):
