@@ -270,3 +270,35 @@ def test_manifest_workers_are_capped_at_the_usable_cores_with_a_warning(data: Pa
     result = invoke("manifest", data, "--out", tmp_path / "m", "--no-plots", "--workers", "24")
     assert result.exit_code == 0 and used == [2], (result.output, used)
     assert [line for line in result.stderr.splitlines() if "--workers 24: capped at 2" in line]
+
+
+# ----- 6. listing -----
+
+@pytest.mark.timeout(120)
+def test_the_scan_walks_deep_looped_and_odd_folders_and_says_what_it_skips(data: Path, tmp_path: Path, monkeypatch):
+    """1,100 nested folders were a RecursionError; links, FIFOs and unreadable folders were
+    passed over without a word."""
+    folder = data / "simpsons_dataset" / "agnes_skinner"
+    (folder / "self").symlink_to(".")
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    os.mkfifo(folder / "pipe.jpg")
+    deep = bottom = folder / "d"
+    deep.mkdir()
+    for _ in range(1099):  # mkdir(parents=True) itself recurses
+        bottom = bottom / "d"
+        bottom.mkdir()
+    (bottom / "notes.txt").write_text("at the bottom")
+    try:
+        result = invoke("manifest", data, "--out", tmp_path / "m", "--no-plots")
+        assert result.exit_code == 0, (result.output, result.exception)
+        paths = pl.read_parquet(tmp_path / "m" / "manifest.parquet")["path"].to_list()
+        assert len(paths) == len(set(paths)) == 3 * 10 + 1  # each file once, the deep one too
+        assert sum(p.endswith("/d/notes.txt") for p in paths) == 1
+        for name, what in [("self", "already listed"), ("gone.jpg", "broken symbolic link"), ("pipe.jpg", "not a regular file")]:
+            assert [line for line in result.stderr.splitlines() if "warning" in line and name in line and what in line], name
+    finally:  # pytest's own clean-up recurses, and would fail on this tree
+        (bottom / "notes.txt").unlink()
+        monkeypatch.chdir(bottom)
+        for _ in range(1100):
+            os.chdir("..")
+            os.rmdir("d")

@@ -26,7 +26,7 @@ from pipeline.training.network import Network
 from pipeline.training.presets import EvalPreset
 from pipeline.writers import atomic_write, write_json
 from runtime.errors import SimpsonsError
-from runtime.labels import is_image_name
+from runtime.listing import Listing
 from runtime.metrics import classification_report, reliability, report_table
 from runtime.openset import openset_report
 from runtime.preprocess import load_image
@@ -61,7 +61,7 @@ def unknown_images(folder: Path) -> list[str]:
     """Every image file under ``folder``: pictures of characters outside the classes."""
     if not folder.is_dir():
         raise EvaluationError(f"--unknown {folder}: no such folder")
-    files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_name(p))
+    files = [str(p) for p in Listing([folder])]  # walked as simpsons-infer walks its input
     if not files:
         raise EvaluationError(f"--unknown {folder}: no image files found")
     return files
