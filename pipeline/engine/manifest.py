@@ -219,11 +219,12 @@ class Manifest:
 
 def read(manifest: Path) -> Manifest:
     """Read a manifest written by ``run``; a file that is not one is one clear error."""
+    for path in (manifest, manifest.parent / STATS):  # named here: polars' own error may carry no file name ("None")
+        if not path.is_file():
+            raise ManifestError(f"{path}: not found (run `simpsons manifest DATA_ROOT --out DIR` first)")
     try:
         table = pl.read_parquet(manifest)
         stats = json.loads((manifest.parent / STATS).read_text())
-    except FileNotFoundError as e:
-        raise ManifestError(f"{e.filename}: not found (run `simpsons manifest DATA_ROOT --out DIR` first)") from None
     except (pl.exceptions.PolarsError, OSError, ValueError) as e:
         raise ManifestError(f"{manifest}: not a manifest written by `simpsons manifest` ({str(e).splitlines()[0][:80]})") from None
     problem = _malformed(table, stats)

@@ -30,6 +30,7 @@ from runtime.listing import Listing
 from runtime.metrics import classification_report, reliability, report_table
 from runtime.openset import openset_report
 from runtime.preprocess import load_image
+from runtime.writers import spreadsheet_safe
 
 
 class EvaluationError(SimpsonsError):
@@ -52,7 +53,8 @@ def write_predictions_csv(path: Path, paths: list[str], true: list[str], probs: 
             out.writerow(["path", "true", "predicted", "confidence", "ood_score", "correct"])
             for p, t, row, score in zip(paths, true, probs, ood):
                 k = int(row.argmax())
-                out.writerow([p, t, classes[k], f"{row[k]:.5f}", f"{score:.5f}", int(classes[k] == t)])
+                names = map(spreadsheet_safe, (p, t, classes[k]))  # a file or class named "=cmd|..." stays text
+                out.writerow([*names, f"{row[k]:.5f}", f"{score:.5f}", int(classes[k] == t)])
 
     atomic_write(path, write)
 
