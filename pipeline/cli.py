@@ -11,7 +11,9 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +43,8 @@ class Commands(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         to_stderr("simpsons")
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with terminate_is_interrupt():
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.Abort as e:
             if isinstance(e.__cause__, EOFError):  # click turns an EOFError into Abort: a bug that reads a file, not Ctrl-C
                 raise e.__cause__ from None
@@ -53,6 +56,25 @@ class Commands(click.Group):
             click.echo(f"simpsons: error: {one_line(e)}", err=True)
             sys.exit(e.exit_code if isinstance(e, click.ClickException) else 2)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+@contextlib.contextmanager
+def terminate_is_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop) ends a command as Ctrl-C does: the same clean-up
+    runs (worker pools shut down, temporary files removed) and it exits 130, where the default
+    would end the process on the spot and leave its workers behind."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def one_line(error: Exception) -> str:

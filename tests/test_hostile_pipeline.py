@@ -10,8 +10,10 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -345,3 +347,61 @@ def test_evaluation_and_audit_csv_cells_are_never_formulas(tmp_path: Path):
             cells = [cell for row in csv.reader(f) for cell in row]
         assert "'" + evil in cells and "'+a" in cells and "'@b" in cells
         assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@")], cells
+
+
+# ----- 4. kills -----
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid``, from /proc (psutil may not be installed)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes from Linux's /proc")
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.timeout(120)
+def test_a_killed_manifest_leaves_no_process_behind(tmp_path: Path, signum: int):
+    """kill -9 or SIGTERM of a manifest using worker processes left the forkserver, the workers
+    and the resource tracker (~200 MB) alive for more than a minute."""
+    from PIL import Image
+
+    from pipeline.engine.fingerprint import PROCESS_MIN_FILES
+
+    for i in range(PROCESS_MIN_FILES + 200):
+        folder = tmp_path / "data" / "simpsons_dataset" / ("agnes_skinner", "apu_nahasapeemapetilon")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 16), (i % 256, i // 256, 90)).save(folder / f"{i:05d}.png")
+    log = (tmp_path / "stderr.txt").open("w")  # not a pipe: processes left behind would hold it open
+    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "manifest", tmp_path / "data", "--out", tmp_path / "m", "--workers", "2",
+                            "--no-plots"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=log,
+                           env={**os.environ, "PYTHONPATH": str(REPO), "SIMPSONS_CACHE": str(tmp_path / "cache")})
+    children = set()
+    for _ in range(1500):  # until the workers are at work: their first results are in the cache
+        children |= descendants(run.pid)
+        if next((tmp_path / "cache").rglob("*.parquet"), None) or run.poll() is not None:
+            break
+        time.sleep(0.02)
+    children |= descendants(run.pid)
+    assert run.poll() is None and len(children) >= 3, "the run ended before its worker processes could be seen"
+    run.send_signal(signum)
+    run.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while {c for c in children if Path(f"/proc/{c}").exists()} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = {c for c in children if Path(f"/proc/{c}").exists()}
+    for c in alive:
+        os.kill(c, signal.SIGKILL)
+    assert not alive, "processes left behind"
+    err = (tmp_path / "stderr.txt").read_text()
+    if signum == signal.SIGTERM:
+        assert run.returncode == 130 and "Traceback" not in err, (run.returncode, err[-500:])

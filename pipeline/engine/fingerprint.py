@@ -12,6 +12,9 @@ import contextlib
 import functools
 import itertools
 import multiprocessing
+import os
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -31,6 +34,7 @@ from runtime.preprocess import ImageError, NotAnImageError, decoding, opened, or
 FINGERPRINT_VERSION = 3  # bump when any column's algorithm changes: the cache is keyed by it
 STATS_MIN_SIZE = 128  # per-image statistics at this shorter side; JPEGs decode at the smallest DCT scale keeping both sides >= this
 THUMB_SIZE = 8  # verification thumbnail, RGB
+PARENT_POLL = 1.0  # seconds between a worker process's checks that its command is still running
 TASK_FILES = 16  # files per parallel task: amortises the hand-over to a thread or process
 PROCESS_MIN_FILES = 4000  # from this many files to fingerprint, worker processes beat threads (see executor)
 READ_CHUNK = 1 << 20  # bytes hashed at a time
@@ -168,6 +172,25 @@ def fingerprint_files(root: Path, files: list[dict]) -> list[dict]:
     return [fingerprint_file(root, file) for file in files]
 
 
+def exit_with(command: int) -> None:
+    """Worker initializer: end this worker once the command that started it (pid ``command``)
+    is gone. Killed with SIGKILL, a command cannot shut its pool down: its workers, children of
+    the forkserver rather than of the command, waited for work forever, and held the forkserver
+    and the resource tracker alive with them (~200 MB). A command left a zombie by a parent
+    that never reaps it still counts as alive: the shell and any supervisor reap."""
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL)
+            try:
+                os.kill(command, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # the pid now belongs to another user's process: ours is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-command", daemon=True).start()
+
+
 def executor(files: int, workers: int) -> Executor:
     """Threads for small sets, processes for large ones. Decoding releases the GIL only in
     part (header parsing, the small numpy steps hold it), so processes win once their start-up
@@ -175,7 +198,8 @@ def executor(files: int, workers: int) -> Executor:
     ``PROCESS_MIN_FILES`` on (bench/bench_fingerprint.py). Processes start with "forkserver",
     not fork: this process already runs library threads that a fork would copy mid-lock."""
     if workers > 1 and files >= PROCESS_MIN_FILES:
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=exit_with,
+                                   initargs=(os.getpid(),))
     return ThreadPoolExecutor(workers)
 
 
