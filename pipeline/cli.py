@@ -7,8 +7,13 @@ Heavy libraries (torch, torchvision, onnx) are imported inside the commands that
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
+import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,8 +43,11 @@ class Commands(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         to_stderr("simpsons")
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.Abort:
+            with terminate_is_interrupt():
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.Abort as e:
+            if isinstance(e.__cause__, EOFError):  # click turns an EOFError into Abort: a bug that reads a file, not Ctrl-C
+                raise e.__cause__ from None
             click.echo("simpsons: interrupted", err=True)
             sys.exit(130)
         except (click.ClickException, SimpsonsError, OSError) as e:
@@ -50,12 +58,57 @@ class Commands(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+@contextlib.contextmanager
+def terminate_is_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop) ends a command as Ctrl-C does: the same clean-up
+    runs (worker pools shut down, temporary files removed) and it exits 130, where the default
+    would end the process on the spot and leave its workers behind."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def one_line(error: Exception) -> str:
     if isinstance(error, click.ClickException):
         return error.format_message().splitlines()[0]
     if isinstance(error, OSError) and not isinstance(error, SimpsonsError):
         return f"{error.filename or ''}: {error.strerror or error}".lstrip(": ")
     return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+class Finite(click.FloatRange):
+    """A number, optionally within bounds, never nan or infinite: click's FloatRange lets nan
+    through (every comparison with it is false), and it would end up in a config as NaN."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+SYNTH_SIDES = (32, 4096)  # synth frame sides: a third of the smallest still draws a test image; the largest is 48 MB of pixels
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """``WxH`` -> (W, H), each within ``SYNTH_SIDES``."""
+    low, high = SYNTH_SIDES
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size {text!r}: expected WxH, e.g. 192x144") from None
+    if not (low <= width <= high and low <= height <= high):
+        raise UserError(f"--size {text!r}: each side must be between {low} and {high} pixels")
+    return width, height
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -70,16 +123,13 @@ def main() -> None:
 @click.option("--test-per-class", type=click.IntRange(0), default=6, help="small test images per class")
 @click.option("--unknown", type=click.IntRange(0), default=0,
               help="also draw this many frames of characters outside the classes (and empty rooms) into OUT/unknown")
-@click.option("--size", default="192x144", help="training frame size WxH (test images are a third of it)")
+@click.option("--size", default="192x144", help=f"training frame size WxH, each side {SYNTH_SIDES[0]} to {SYNTH_SIDES[1]} (test images are a third of it)")
 @click.option("--seed", type=int, default=0)
 def synth(out: Path, classes: int, per_class: int, test_per_class: int, unknown: int, size: str, seed: int) -> None:
     """Draw a built-in demo data set of cartoon characters in the Kaggle layout under OUT."""
     from pipeline.synth import write_dataset, write_unknown
 
-    try:
-        width, height = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size {size!r}: expected WxH, e.g. 192x144") from None
+    width, height = frame_size(size)
     try:
         planted = write_dataset(out, classes, per_class, test_per_class, seed, (width, height))
         if unknown:
@@ -93,7 +143,7 @@ def synth(out: Path, classes: int, per_class: int, test_per_class: int, unknown:
 @main.command()
 @click.argument("data_root", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/data"), help="folder for manifest.parquet, stats.json and plots")
-@click.option("--val-fraction", type=click.FloatRange(0.0, 0.9), default=0.15, help="share of each class held out for validation")
+@click.option("--val-fraction", type=Finite(0.0, 0.9), default=0.15, help="share of each class held out for validation")
 @click.option("--seed", type=int, default=0, help="seeds the split")
 @click.option("--keep-leaks", is_flag=True, help="keep training copies of test images (reproduces published, leaky numbers)")
 @click.option("--workers", type=click.IntRange(1), default=None, help="readers (default: one per core; threads, or processes on large sets)")
@@ -107,6 +157,7 @@ def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, kee
     from pipeline.memory import glibc_returns_freed_memory
 
     glibc_returns_freed_memory()
+    workers = capped_workers(workers) if workers and not ray else workers
     config = engine.ManifestConfig(val_fraction=val_fraction, seed=seed, keep_leaks=keep_leaks)
     try:
         summary = engine.run(data_root, out_dir, config, workers=workers, plots=not no_plots, ray=ray)
@@ -120,6 +171,18 @@ def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, kee
         err=True,
     )
     click.echo(f"wrote {out_dir / engine.MANIFEST} and {out_dir / engine.STATS}", err=True)
+
+
+def capped_workers(workers: int) -> int:
+    """At most one reader per usable core: fingerprinting is decoding, bound by the CPU, so
+    more readers than cores only add processes and memory (24 on 2 cores: 25 processes, 1.6
+    GB), never speed. A cluster (--ray) sizes its own."""
+    from runtime.parallel import usable_cores
+
+    cores = usable_cores()
+    if workers > cores:
+        logging.getLogger("simpsons.manifest").warning("--workers %d: capped at %d, the cores this process may use", workers, cores)
+    return min(workers, cores)
 
 
 @main.command()
@@ -159,27 +222,27 @@ def _train_config(options: dict) -> C:
 @click.option("--arch", default=C.arch, help="any torchvision classifier: resnet18/34/50/101, efficientnet_b0, convnext_tiny, ...")
 @click.option("--weights", default=C.weights, help="imagenet (downloaded), none (from scratch), or a local state-dict file; picks the recipe")
 @click.option("--image-size", type=click.IntRange(16), default=C.image_size, help="training crop size")
-@click.option("--crop-fraction", type=click.FloatRange(0.5, 1.0), default=C.crop_fraction, help="eval: resize to size/fraction, centre-crop size")
+@click.option("--crop-fraction", type=Finite(0.5, 1.0), default=C.crop_fraction, help="eval: resize to size/fraction, centre-crop size")
 @click.option("--epochs", type=click.IntRange(1), default=C.epochs)
 @click.option("--batch-size", type=click.IntRange(1), default=C.batch_size, help=f"per process {auto('batch_size')}")
-@click.option("--lr", type=float, default=C.lr, help=f"peak learning rate of the head {auto('lr')}")
-@click.option("--weight-decay", type=click.FloatRange(0), default=C.weight_decay, help=f"AdamW weight decay {auto('weight_decay')}")
-@click.option("--warmup-epochs", type=click.FloatRange(0), default=C.warmup_epochs, help=f"linear warm-up before the cosine decay {auto('warmup_epochs')}")
-@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=C.label_smoothing, help=f"label smoothing of the targets {auto('label_smoothing')}")
-@click.option("--backbone-lr", type=float, default=C.backbone_lr, help=f"backbone rate as a share of the head's {auto('backbone_lr')}")
+@click.option("--lr", type=Finite(), default=C.lr, help=f"peak learning rate of the head {auto('lr')}")
+@click.option("--weight-decay", type=Finite(0), default=C.weight_decay, help=f"AdamW weight decay {auto('weight_decay')}")
+@click.option("--warmup-epochs", type=Finite(0), default=C.warmup_epochs, help=f"linear warm-up before the cosine decay {auto('warmup_epochs')}")
+@click.option("--label-smoothing", type=Finite(0, 0.5), default=C.label_smoothing, help=f"label smoothing of the targets {auto('label_smoothing')}")
+@click.option("--backbone-lr", type=Finite(), default=C.backbone_lr, help=f"backbone rate as a share of the head's {auto('backbone_lr')}")
 @click.option("--augment", type=click.Choice(["none", "trivial", "randaugment"]), default=C.augment,
               help=f"automatic augmentation policy: TrivialAugmentWide or RandAugment {auto('augment')}")
-@click.option("--mixup", type=float, default=C.mixup, help=f"MixUp alpha, 0 off {auto('mixup')}")
-@click.option("--cutmix", type=float, default=C.cutmix, help=f"CutMix alpha, 0 off {auto('cutmix')}")
+@click.option("--mixup", type=Finite(), default=C.mixup, help=f"MixUp alpha, 0 off {auto('mixup')}")
+@click.option("--cutmix", type=Finite(), default=C.cutmix, help=f"CutMix alpha, 0 off {auto('cutmix')}")
 @click.option("--mix-epochs", type=int, default=C.mix_epochs, help="mix only in the first N epochs, then train on clean images [default: all]")
-@click.option("--random-erase", type=float, default=C.random_erase, help=f"probability of erasing a random rectangle {auto('random_erase')}")
-@click.option("--ema", type=float, default=C.ema, help=f"decay of an exponential moving average of the weights, evaluated each epoch; 0 off {auto('ema')}")
-@click.option("--progressive", type=float, default=C.progressive, help=f"first epoch's image size as a share of --image-size, growing to full; 1 off {auto('progressive')}")
-@click.option("--eval-scale", type=float, default=C.eval_scale, help=f"evaluate and export at --image-size x this (train/test resolution); 1 off {auto('eval_scale')}")
+@click.option("--random-erase", type=Finite(), default=C.random_erase, help=f"probability of erasing a random rectangle {auto('random_erase')}")
+@click.option("--ema", type=Finite(), default=C.ema, help=f"decay of an exponential moving average of the weights, evaluated each epoch; 0 off {auto('ema')}")
+@click.option("--progressive", type=Finite(), default=C.progressive, help=f"first epoch's image size as a share of --image-size, growing to full; 1 off {auto('progressive')}")
+@click.option("--eval-scale", type=Finite(), default=C.eval_scale, help=f"evaluate and export at --image-size x this (train/test resolution); 1 off {auto('eval_scale')}")
 @click.option("--average", type=int, default=C.average, help=f"average the weights of the best N epochs into best.pt if better; 1 off {auto('average')}")
 @click.option("--balance", type=click.Choice(["sampler", "loss", "none"]), default=C.balance, help="class imbalance: weighted sampling, loss weights, or nothing")
 @click.option("--freeze-epochs", type=click.IntRange(0), default=C.freeze_epochs, help="train only the head for this many epochs first")
-@click.option("--downscale", type=click.FloatRange(1.0), default=C.downscale, help="random down-scaling up to this factor (test images are ~3x smaller)")
+@click.option("--downscale", type=Finite(1.0), default=C.downscale, help="random down-scaling up to this factor (test images are ~3x smaller)")
 @click.option("--patience", type=click.IntRange(1), default=C.patience, help="early stopping: epochs without a better val macro-F1")
 @click.option("--workers", type=int, default=C.workers, help="data-loader processes (-1: one per core, at most 8)")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default=C.amp, help="mixed precision on CUDA")
@@ -196,7 +259,8 @@ def train(resume_dir: Path | None, **options) -> None:
     if resume_dir is not None:
         if not (resume_dir / "last.pt").is_file() or not (resume_dir / "config.json").is_file():
             raise UserError(f"{resume_dir}: nothing to resume (needs last.pt and config.json)")
-        config = trainer.TrainConfig.load(resume_dir / "config.json")
+        # into the folder given, whatever its config.json says: a copied run names the original
+        config = dataclasses.replace(trainer.TrainConfig.load(resume_dir / "config.json"), out=str(resume_dir))
     else:
         config = _train_config(options)
         if not Path(config.manifest).is_file():
@@ -250,9 +314,9 @@ def evaluate(**options) -> None:
 @click.option("--fp16", is_flag=True, default=X.fp16, help="also write a float16 model (GPU)")
 @click.option("--portable", is_flag=True, default=X.portable,
               help="also write model.portable.onnx: uint8 pixels in, preprocessing and softmax inside (browsers, Node, any ONNX runtime)")
-@click.option("--accept-known", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=X.accept_known,
+@click.option("--accept-known", type=Finite(0, 1, min_open=True, max_open=True), default=X.accept_known,
               help="the unknown threshold accepts this share of known val images")
-@click.option("--tolerance", type=float, default=X.tolerance, help="max |logit difference| to PyTorch")
+@click.option("--tolerance", type=Finite(), default=X.tolerance, help="max |logit difference| to PyTorch")
 @click.option("--eval-images", type=click.IntRange(1), default=X.eval_images, help="val images used to score each variant and choose its threshold")
 @click.option("--calibration-images", type=click.IntRange(1), default=X.calibration_images, help="train images for int8 calibration (min-max)")
 def export_command(**options) -> None:

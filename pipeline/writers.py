@@ -11,10 +11,26 @@ from pathlib import Path
 
 import polars as pl
 
-from runtime.files import atomic_write
+from collections.abc import Callable
+from typing import TypeVar
+
+from runtime import files
 
 __all__ = ["atomic_write", "sink_parquet", "write_json", "write_parquet"]
+T = TypeVar("T")
 ROW_GROUP = 4_096  # rows a Parquet writer buffers before it writes them: its memory, whatever the table's length
+
+
+def atomic_write(path: Path, write: Callable[[Path], T]) -> T:
+    """``runtime.files.atomic_write``, with a failed write naming ``path``: a write into an
+    open file (a full disk) raises an OSError without a file name, and the commands' one line
+    would not say which file could not be written."""
+    try:
+        return files.atomic_write(path, write)
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def write_json(path: Path, data: object) -> None:

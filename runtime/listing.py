@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from runtime.errors import SimpsonsError
@@ -43,6 +43,7 @@ _SORTED = functools.partial(sorted, key=lambda entry: os.fsencode(entry.name))
 class Listing:
     """Image files under ``paths`` (files named directly are taken as they are), in a stable
     order, produced as they are consumed; ``skipped`` counts the non-image files passed over.
+    ``wanted`` (a file name -> bool) chooses other files: the data engine lists every one.
 
     Folders are walked depth first in sorted order, on a stack of their own (1,100 nested
     folders are no RecursionError), each folder once: a symbolic link back to a folder already
@@ -50,11 +51,11 @@ class Listing:
     unreadable folder, a broken link, a FIFO, socket or device, which would block a reader)
     is a warning line naming it, and the walk goes on."""
 
-    def __init__(self, paths: Sequence[Path], recursive: bool = True):
+    def __init__(self, paths: Sequence[Path], recursive: bool = True, wanted: Callable[[str], bool] = is_image_name):
         missing = [p for p in paths if not p.exists()]
         if missing:
             raise FileNotFoundError(f"{display_path(missing[0])}: no such file or folder")
-        self.paths, self.recursive, self.skipped = list(paths), recursive, 0
+        self.paths, self.recursive, self.wanted, self.skipped = list(paths), recursive, wanted, 0
         self._warned: set[str] = set()  # the listing may be walked twice (a first file, then all): each warning once
         self._odd_named = False  # names that are not text: one warning for all
 
@@ -97,7 +98,7 @@ class Listing:
                 if self.recursive:
                     stack.append(self._entries(path, walked))
             elif regular:
-                if is_image_name(entry.name):
+                if self.wanted(entry.name):
                     yield self._checked_name(path)
                 else:
                     self.skipped += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import shutil
@@ -166,8 +167,8 @@ def test_rerun_reuses_cached_work_even_after_a_crash(dataset: Path, tmp_path: Pa
     import pipeline.engine.fingerprint as fp
 
     calls = []
-    real = fp.fingerprint_bytes
-    monkeypatch.setattr(fp, "fingerprint_bytes", lambda data, name: calls.append(name) or real(data, name))
+    real = fp.fingerprint_stream
+    monkeypatch.setattr(fp, "fingerprint_stream", lambda stream, name: calls.append(name) or real(stream, name))
     out = tmp_path / "out"
 
     def crash_after(items, total, desc, n=20):
@@ -245,8 +246,8 @@ def test_a_cache_damaged_past_its_keys_is_lost_work_not_an_error(dataset: Path, 
     else:
         pytest.fail("no spot damages only the pages after the keys")
     calls = []
-    real = fp.fingerprint_bytes
-    monkeypatch.setattr(fp, "fingerprint_bytes", lambda data, name: calls.append(name) or real(data, name))
+    real = fp.fingerprint_stream
+    monkeypatch.setattr(fp, "fingerprint_stream", lambda stream, name: calls.append(name) or real(stream, name))
     again, _ = build(dataset, tmp_path / "b")
     assert again.equals(first) and len(calls) == len(first)
 
@@ -333,14 +334,14 @@ def test_near_duplicate_detection_finds_copies_and_keeps_distinct_frames_apart()
     """The issue's targets: >= 95% of 1/3-scale JPEG-75 copies found, <= 1% of distinct frames
     wrongly merged, measured on 300 varied cartoon frames."""
     from pipeline.engine.dedupe import group_near_duplicates, thumbnails
-    from pipeline.engine.fingerprint import fingerprint_bytes
+    from pipeline.engine.fingerprint import fingerprint_stream
 
     looks, rng, rows = synth.class_looks(), random.Random(11), []
     for i in range(300):
         img = synth.draw_frame(looks[synth.CLASSES[i % 42]], rng, (192, 144))
         for kind, data in (("frame", synth.jpeg(img)), ("copy", synth.downscaled_copy(img, 1 / 3, quality=75))):
             rows.append({"path": f"{kind}/{i:03d}.jpg", "source": "train", "duplicate_of": None,
-                         **fingerprint_bytes(data, f"{i}.jpg")})
+                         **fingerprint_stream(io.BytesIO(data), f"{i}.jpg")})
     table = pl.DataFrame(rows).sort("path")
     df = group_near_duplicates(table.drop("thumb"), thumbnails(table.lazy()))
     group = dict(zip(df["path"], df["group"]))
@@ -362,8 +363,8 @@ def test_fingerprint_cache_follows_the_data_and_its_version(dataset: Path, tmp_p
     import pipeline.engine.fingerprint as fp
 
     calls = []
-    real = fp.fingerprint_bytes
-    monkeypatch.setattr(fp, "fingerprint_bytes", lambda data, name: calls.append(name) or real(data, name))
+    real = fp.fingerprint_stream
+    monkeypatch.setattr(fp, "fingerprint_stream", lambda stream, name: calls.append(name) or real(stream, name))
     engine.run(dataset, tmp_path / "a", engine.ManifestConfig(), plots=False)
     first = len(calls)
     assert first > 50

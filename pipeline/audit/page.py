@@ -24,6 +24,7 @@ import polars as pl
 from pipeline.engine.schema import PICTURES, Split, Status
 from pipeline.engine import manifest as manifest_io
 from pipeline.writers import atomic_write
+from runtime.writers import spreadsheet_safe
 
 log = logging.getLogger("simpsons.audit")
 PAGE = "audit.html"
@@ -237,7 +238,7 @@ def write_issues(path: Path, issues: pl.DataFrame) -> None:
             out.writerow(["rank", "path", "split", "label", "suggested", "suggested_probability", "label_quality"])
             for rank, row in enumerate(issues.select("path", "split", "label", "suggested", "suggested_probability",
                                                      "label_quality").iter_rows(), 1):
-                out.writerow([rank, *row[:5], f"{row[5]:.5f}"])
+                out.writerow([rank, *map(spreadsheet_safe, row[:5]), f"{row[5]:.5f}"])  # names: never formulas
 
     atomic_write(path, write)
 

@@ -1,4 +1,5 @@
-"""Read each file once: content hash, header, decode check, perceptual hash, pixel moments.
+"""Read each file: content hash (streamed), then, for pictures only, header, decode check,
+perceptual hash, pixel moments (the second read comes from the page cache).
 
 This is the data engine's only expensive step, so it runs on a thread pool (xxhash and Pillow's
 decoder release the GIL), decodes JPEGs at reduced scale, and is cached by (path, size, mtime):
@@ -9,30 +10,40 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import itertools
 import multiprocessing
+import os
+import threading
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import polars as pl
 import xxhash
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from pipeline.engine.schema import Status
 from runtime.labels import is_image_name
 from runtime.parallel import in_order
-from runtime.preprocess import ORIENTATION, to_rgb
+from runtime.preprocess import ImageError, NotAnImageError, decoding, opened, orientation, to_rgb
 
 FINGERPRINT_VERSION = 3  # bump when any column's algorithm changes: the cache is keyed by it
-STATS_MIN_SIZE = 128  # per-image statistics at this shorter side (JPEGs decode near it in draft mode)  # JPEGs decode at the smallest DCT scale keeping both sides >= this
+STATS_MIN_SIZE = 128  # per-image statistics at this shorter side; JPEGs decode at the smallest DCT scale keeping both sides >= this
 THUMB_SIZE = 8  # verification thumbnail, RGB
+PARENT_POLL = 1.0  # seconds between a worker process's checks that its command is still running
 TASK_FILES = 16  # files per parallel task: amortises the hand-over to a thread or process
 PROCESS_MIN_FILES = 4000  # from this many files to fingerprint, worker processes beat threads (see executor)
+READ_CHUNK = 1 << 20  # bytes hashed at a time
 KEY = ["path", "size_bytes", "mtime_ns"]
 BAD_NAME = "the file or folder name is not valid UTF-8 (shown with \\xNN escapes); rename it"
+
+# Pillow warns from 89 MP on; the runtime's pixel limit (MAX_PIXELS), far below, refuses such a
+# picture with a reason in its row, so the warning would only repeat it as noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 FINGERPRINT_SCHEMA = {
     "path": pl.String,
@@ -86,44 +97,61 @@ def pixel_moments(img: Image.Image) -> tuple[list[float], list[float]]:
     return (hist @ _LEVELS / count).tolist(), (hist @ _LEVELS**2 / count).tolist()
 
 
-def _failure(status: Status, reason: str, data: bytes | None = None) -> dict:
-    return {"status": status.value, "reason": reason, "hash": xxhash.xxh3_64_hexdigest(data) if data else None}
+def _failure(status: Status, reason: str, digest: str | None = None) -> dict:
+    return {"status": status.value, "reason": reason, "hash": digest}
 
 
-def fingerprint_bytes(data: bytes, name: str) -> dict:
-    """The fingerprint columns (all but the key) of one file's bytes."""
-    if not data:
+def content_hash(fp: BinaryIO) -> str | None:
+    """xxh3-64 of everything left in ``fp``, read ``READ_CHUNK`` bytes at a time (the same
+    digest as hashing the bytes at once): a 2 GB file in a class folder costs a chunk of
+    memory, not 2 GB. None for an empty file."""
+    digest, empty = xxhash.xxh3_64(), True
+    while chunk := fp.read(READ_CHUNK):
+        digest.update(chunk)
+        empty = False
+    return None if empty else digest.hexdigest()
+
+
+def fingerprint_stream(fp: BinaryIO, name: str) -> dict:
+    """The fingerprint columns (all but the key) of one file, open for reading and seekable.
+    Only a file named like a picture is decoded, through the runtime's decoding boundary: a
+    hostile file is a ``not_image`` or ``corrupt`` row with a reason, and a picture above the
+    runtime's pixel limit is refused before its pixels exist."""
+    digest = content_hash(fp)
+    if digest is None:
         return _failure(Status.NOT_IMAGE, "empty file")
     if not is_image_name(name):
-        return _failure(Status.NOT_IMAGE, f"not an image file extension ({Path(name).suffix or 'none'})", data)
-    digest = xxhash.xxh3_64_hexdigest(data)
+        return _failure(Status.NOT_IMAGE, f"not an image file extension ({Path(name).suffix or 'none'})", digest)
     try:
-        with Image.open(io.BytesIO(data)) as raw:
-            fmt, (width, height) = raw.format, raw.size
-            if (raw.getexif().get(ORIENTATION) or 1) in (5, 6, 7, 8):  # rotated 90 degrees by EXIF
-                width, height = height, width
-            if fmt == "JPEG":
-                raw.draft("RGB", (STATS_MIN_SIZE, STATS_MIN_SIZE))
-            raw.load()
-            img = to_rgb(raw)
-    except UnidentifiedImageError:
-        return _failure(Status.NOT_IMAGE, "cannot identify image format", data)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return _failure(Status.CORRUPT, f"cannot decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}", data)
-    small = img.resize((32, 32), Image.Resampling.BOX)
-    mean, sq_mean = pixel_moments(img)
-    return {
-        "status": Status.OK.value,
-        "reason": None,
-        "hash": digest,
-        "format": fmt,
-        "width": width,
-        "height": height,
-        "phash": perceptual_hash(small),
-        "thumb": small.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BOX).tobytes(),
-        "pixel_mean": mean,
-        "pixel_sq_mean": sq_mean,
-    }
+        return {"status": Status.OK.value, "reason": None, "hash": digest, **_pixels(fp)}
+    except NotAnImageError as e:
+        return _failure(Status.NOT_IMAGE, str(e), digest)
+    except ImageError as e:
+        return _failure(Status.CORRUPT, str(e), digest)
+
+
+def _pixels(fp: BinaryIO) -> dict:
+    """Format, size (upright) and the pixel-derived columns. The size is the stored one, read
+    from the header before the decoding, which reduces a JPEG to near ``STATS_MIN_SIZE``."""
+    fp.seek(0)
+    with decoding(), Image.open(fp) as header:
+        fmt, (width, height) = header.format, header.size
+    fp.seek(0)
+    with opened(fp, min_size=STATS_MIN_SIZE) as raw:
+        if orientation(raw) in (5, 6, 7, 8):  # rotated 90 degrees by EXIF
+            width, height = height, width
+        img = to_rgb(raw)
+        small = img.resize((32, 32), Image.Resampling.BOX)
+        mean, sq_mean = pixel_moments(img)
+        return {
+            "format": fmt,
+            "width": width,
+            "height": height,
+            "phash": perceptual_hash(small),
+            "thumb": small.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BOX).tobytes(),
+            "pixel_mean": mean,
+            "pixel_sq_mean": sq_mean,
+        }
 
 
 def fingerprint_file(root: Path, file: dict) -> dict:
@@ -133,15 +161,34 @@ def fingerprint_file(root: Path, file: dict) -> dict:
     if file.get("bad_name"):
         return {**key, "status": Status.BAD_NAME.value, "reason": BAD_NAME, "hash": None}
     try:
-        data = (root / key["path"]).read_bytes()
-    except OSError as e:
+        with open(root / key["path"], "rb") as fp:
+            return {**key, **fingerprint_stream(fp, key["path"])}
+    except OSError as e:  # opening or hashing it: the decoding turns its own failures into rows
         return {**key, **_failure(Status.UNREADABLE, f"cannot read: {e.strerror or e}")}
-    return {**key, **fingerprint_bytes(data, key["path"])}
 
 
 def fingerprint_files(root: Path, files: list[dict]) -> list[dict]:
     """One task's worth of files (a thread's or a worker process's)."""
     return [fingerprint_file(root, file) for file in files]
+
+
+def exit_with(command: int) -> None:
+    """Worker initializer: end this worker once the command that started it (pid ``command``)
+    is gone. Killed with SIGKILL, a command cannot shut its pool down: its workers, children of
+    the forkserver rather than of the command, waited for work forever, and held the forkserver
+    and the resource tracker alive with them (~200 MB). A command left a zombie by a parent
+    that never reaps it still counts as alive: the shell and any supervisor reap."""
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL)
+            try:
+                os.kill(command, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # the pid now belongs to another user's process: ours is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-command", daemon=True).start()
 
 
 def executor(files: int, workers: int) -> Executor:
@@ -151,7 +198,8 @@ def executor(files: int, workers: int) -> Executor:
     ``PROCESS_MIN_FILES`` on (bench/bench_fingerprint.py). Processes start with "forkserver",
     not fork: this process already runs library threads that a fork would copy mid-lock."""
     if workers > 1 and files >= PROCESS_MIN_FILES:
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=exit_with,
+                                   initargs=(os.getpid(),))
     return ThreadPoolExecutor(workers)
 
 

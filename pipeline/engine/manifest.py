@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from pipeline.writers import atomic_write, sink_parquet, write_json
 from pipeline.engine.scan import scan
 from runtime.errors import SimpsonsError
 from runtime.files import BusyError, Lock, check_writable
+from runtime.parallel import usable_cores
 from runtime.progress import progress
 
 log = logging.getLogger("simpsons.manifest")
@@ -153,7 +155,7 @@ def _fingerprints(data_root: Path, files: pl.DataFrame, workers: int | None, ray
     cache, current = ShardCache(cache_folder(data_root), KEY, FINGERPRINT_SCHEMA), files.select(KEY)
     for _ in range(3):  # again only when a shard was found damaged: its files are fingerprinted anew
         fingerprint(
-            files, data_root, cache.keys(), cache.save, workers or os.cpu_count() or 1, chunk,
+            files, data_root, cache.keys(), cache.save, workers or usable_cores(), chunk,
             progress=lambda it, total: show(it, total, "fingerprinting"), ray=ray,
         )
         if cache.compact(current):
@@ -217,14 +219,40 @@ class Manifest:
 
 def read(manifest: Path) -> Manifest:
     """Read a manifest written by ``run``; a file that is not one is one clear error."""
+    for path in (manifest, manifest.parent / STATS):  # named here: polars' own error may carry no file name ("None")
+        if not path.is_file():
+            raise ManifestError(f"{path}: not found (run `simpsons manifest DATA_ROOT --out DIR` first)")
     try:
         table = pl.read_parquet(manifest)
         stats = json.loads((manifest.parent / STATS).read_text())
-    except FileNotFoundError as e:
-        raise ManifestError(f"{e.filename}: not found (run `simpsons manifest DATA_ROOT --out DIR` first)") from None
     except (pl.exceptions.PolarsError, OSError, ValueError) as e:
         raise ManifestError(f"{manifest}: not a manifest written by `simpsons manifest` ({str(e).splitlines()[0][:80]})") from None
-    missing = {"path", "label", "split", "status"} - set(table.columns)
-    if missing or "classes" not in stats:
-        raise ManifestError(f"{manifest}: not a manifest written by `simpsons manifest` (lacks {sorted(missing) or 'classes'})")
+    problem = _malformed(table, stats)
+    if problem:
+        raise ManifestError(f"{manifest}: not a manifest written by `simpsons manifest` ({problem})")
     return Manifest(manifest, table, stats)
+
+
+def _malformed(table: pl.DataFrame, stats: dict) -> str | None:
+    """What makes an edited or foreign manifest unusable, checked once here so that training,
+    evaluation, the audit and export can trust it: None when nothing does."""
+    missing = sorted({"path", "label", "split", "status"} - set(table.columns))
+    if missing:
+        return f"lacks the columns {missing}"
+    if not isinstance(stats, dict):
+        return f"{STATS} is not an object"
+    classes = stats.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return f"{STATS} lacks its list of classes"
+    for key in ("mean", "std"):
+        values = stats.get(key)
+        if not (isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+                                                                      for v in values)):
+            return f"{STATS} lacks its per-channel {key} (three numbers)"
+    if table["path"].null_count():
+        return f"{table['path'].null_count()} row(s) without a path"
+    used = table.filter(pl.col("status").is_in(USABLE))
+    strangers = used.filter(~pl.col("label").is_in(classes) | pl.col("label").is_null())
+    if strangers.height:
+        return f"{strangers.height} usable row(s) with a label outside its classes, e.g. {strangers['label'][0]!r}"
+    return None

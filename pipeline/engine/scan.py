@@ -13,7 +13,7 @@ import polars as pl
 
 from runtime.errors import SimpsonsError
 from runtime.labels import label_from_test_name
-from runtime.listing import display_path, odd_name
+from runtime.listing import Listing, display_path, odd_name
 
 TRAIN_DIR = "simpsons_dataset"
 TEST_DIR = "kaggle_simpson_testset"
@@ -47,7 +47,11 @@ def class_dirs(data_root: Path) -> list[Path]:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    """Every regular file under ``folder``, walked as ``simpsons-infer`` walks its input: on a
+    stack (1,100 nested folders are no RecursionError), each folder once (a symbolic link back
+    up is not followed round), and a warning line for what cannot be listed (an unreadable
+    folder, a broken link, a FIFO, which would block a reader)."""
+    return sorted(Listing([folder], wanted=lambda name: True))
 
 
 def _row(path: Path, data_root: Path, source: str, label: str | None) -> dict:

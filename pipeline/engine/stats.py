@@ -18,12 +18,15 @@ SPLITS = (Split.TRAIN, Split.VAL, Split.TEST)
 
 def channel_stats(df: pl.LazyFrame) -> tuple[list[float], list[float]]:
     """Per-channel RGB mean and std (0..1) over the train split, each image weighing the same
-    (from its per-image moments: no pixels are held in memory)."""
-    moments = df.filter(pl.col("split") == Split.TRAIN).select(
-        *(pl.col(column).list.get(c).mean().alias(f"{column}{c}") for column in ("pixel_mean", "pixel_sq_mean") for c in range(3))
-    ).collect().row(0)
-    if moments[0] is None:  # no training image
+    (from its per-image moments: no pixels are held in memory). The sums are exact
+    (``math.fsum``), so they do not depend on the order in which a parallel query hands the
+    rows over: identical runs write identical stats.json, to the last digit."""
+    columns = df.filter((pl.col("split") == Split.TRAIN) & pl.col("pixel_mean").is_not_null()).select(
+        *(pl.col(column).list.get(c).alias(f"{column}{c}") for column in ("pixel_mean", "pixel_sq_mean") for c in range(3))
+    ).collect()
+    if not columns.height:  # no training image
         return [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    moments = [math.fsum(columns[name].to_numpy()) / columns.height for name in columns.columns]
     mean, squares = moments[:3], moments[3:]
     std = [math.sqrt(max(q - m * m, 0.0)) for q, m in zip(squares, mean)]
     return list(mean), std

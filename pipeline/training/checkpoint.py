@@ -10,6 +10,7 @@ in ``last.pt`` only, the training state ``--resume`` needs.
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,40 @@ UNCALIBRATED_SCORE = "energy"  # for checkpoints without calibration: the best s
 
 class CheckpointError(SimpsonsError):
     """A file given as a checkpoint is missing, damaged or not ours."""
+
+
+def save_tensors(obj: object, path: Path) -> None:
+    """``torch.save`` into a file object, replacing ``path`` whole. Given a file name, torch's
+    own writer reports a failed write (a full disk) as a RuntimeError ("enforce fail at
+    inline_container.cc"): a traceback. Through a Python file it is the OSError it is, which
+    ``atomic_write`` names and the commands print in one line."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write)
+
+
+def read_tensors(path: Path, what: str, error: type[SimpsonsError]) -> object:
+    """What ``torch.load(weights_only=True)`` reads from ``path`` (a checkpoint or weights
+    file); any failure is one ``error`` line naming the file. torch raises nearly anything on a
+    damaged file: EOFError for an empty one (which click would take for Ctrl-C),
+    UnpicklingError, with a multi-line warning, for a pickle holding code (never run)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what} file") from None
+    except EOFError:
+        raise error(f"{path}: cannot load {what} (the file is empty or cut short)") from None
+    except pickle.UnpicklingError:
+        raise error(f"{path}: cannot load {what} (not a PyTorch file, or one holding more than tensors)") from None
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise error(f"{path}: cannot load {what} ({reason})") from None
 
 
 @dataclass
@@ -106,21 +141,12 @@ class Checkpoint:
         )
 
     def save(self, path: Path) -> None:
-        atomic_write(path, lambda tmp: torch.save(self.to_dict(), tmp))
+        save_tensors(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
         """Read ``path`` or raise ``CheckpointError`` with one line saying why not."""
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: checkpoint not found") from None
-        except IsADirectoryError:
-            raise CheckpointError(f"{path}: is a folder, not a checkpoint file") from None
-        except pickle.UnpicklingError:
-            raise CheckpointError(f"{path}: cannot load checkpoint (not a PyTorch checkpoint, or one holding more than tensors)") from None
-        except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-            raise CheckpointError(f"{path}: cannot load checkpoint ({str(e).splitlines()[0][:120]})") from None
+        raw = read_tensors(path, "checkpoint", CheckpointError)
         if not isinstance(raw, dict):
             raise CheckpointError(f"{path}: not a Simpsons checkpoint (holds a {type(raw).__name__})")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -10,6 +11,33 @@ from pathlib import Path
 import polars as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from runtime.errors import SimpsonsError
+from runtime.listing import display_path
+from runtime.preprocess import ImageError
+
+log = logging.getLogger("simpsons.data")
+SKIPPED = -2  # the target of an unlabelled image that could not be read: left out of the results
+
+
+class UnreadableImage(SimpsonsError):
+    """A manifest image that cannot be read any more (changed or removed since the manifest
+    was built), by name. Raised in a data-loader worker, it reaches the main process as torch
+    re-raises it: constructed anew from the worker's whole report ("Caught ... in DataLoader
+    worker process 0", the traceback, then our line), so the message keeps only our line."""
+
+    def __init__(self, message: str):
+        ours = message.rstrip().splitlines()[-1] if message.strip() else message
+        super().__init__(ours.removeprefix(f"{type(self).__module__}.{type(self).__qualname__}: "))
+
+
+def manifest_image(transform: Callable, path: str, *args) -> torch.Tensor:
+    """``transform(path, *args)``; an image that cannot be decoded is an ``UnreadableImage``
+    naming it: the manifest is stale, and one clear line says which file and what to do."""
+    try:
+        return transform(path, *args)
+    except ImageError as e:
+        raise UnreadableImage(f"{display_path(path)}: {e} (changed since the manifest was built? run `simpsons manifest` again)") from None
 
 
 class ManifestDataset(Dataset):
@@ -29,20 +57,28 @@ class ManifestDataset(Dataset):
         augmentation draws from its own generators, seeded by the sampler, so it is independent
         of worker count and of persistent workers' history, and no global RNG is touched."""
         i, seed, size = key if isinstance(key, tuple) else (key, 0, None)
-        return self.transform(self.paths[i], seed, size), self.targets[i]
+        return manifest_image(self.transform, self.paths[i], seed, size), self.targets[i]
 
 
 class UnlabelledDataset(Dataset):
-    """(image tensor, -1) for image files outside the manifest (``--unknown`` folders)."""
+    """(image tensor, -1) for image files outside the manifest (``--unknown`` folders). A file
+    that cannot be decoded is skipped with a warning naming it, as ``simpsons-infer`` makes it a
+    row with a reason: a folder gathered from anywhere holds such files, and one of them must
+    not cost the whole evaluation. It comes back as (zeros, ``SKIPPED``), so batches keep
+    their shape; the caller drops those."""
 
-    def __init__(self, paths: list[str], transform: Callable):
-        self.paths, self.transform = paths, transform
+    def __init__(self, paths: list[str], transform: Callable, shape: tuple[int, ...]):
+        self.paths, self.transform, self.shape = paths, transform, shape
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.paths[i]), -1
+        try:
+            return self.transform(self.paths[i]), -1
+        except ImageError as e:
+            log.warning("%s: %s; skipped", display_path(self.paths[i]), e)
+            return torch.zeros(self.shape), SKIPPED
 
 
 def class_weights(targets: list[int], num_classes: int) -> torch.Tensor:

@@ -26,10 +26,11 @@ from pipeline.training.network import Network
 from pipeline.training.presets import EvalPreset
 from pipeline.writers import atomic_write, write_json
 from runtime.errors import SimpsonsError
-from runtime.labels import is_image_name
+from runtime.listing import Listing
 from runtime.metrics import classification_report, reliability, report_table
 from runtime.openset import openset_report
 from runtime.preprocess import load_image
+from runtime.writers import spreadsheet_safe
 
 
 class EvaluationError(SimpsonsError):
@@ -52,7 +53,8 @@ def write_predictions_csv(path: Path, paths: list[str], true: list[str], probs: 
             out.writerow(["path", "true", "predicted", "confidence", "ood_score", "correct"])
             for p, t, row, score in zip(paths, true, probs, ood):
                 k = int(row.argmax())
-                out.writerow([p, t, classes[k], f"{row[k]:.5f}", f"{score:.5f}", int(classes[k] == t)])
+                names = map(spreadsheet_safe, (p, t, classes[k]))  # a file or class named "=cmd|..." stays text
+                out.writerow([*names, f"{row[k]:.5f}", f"{score:.5f}", int(classes[k] == t)])
 
     atomic_write(path, write)
 
@@ -61,7 +63,7 @@ def unknown_images(folder: Path) -> list[str]:
     """Every image file under ``folder``: pictures of characters outside the classes."""
     if not folder.is_dir():
         raise EvaluationError(f"--unknown {folder}: no such folder")
-    files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_name(p))
+    files = [str(p) for p in Listing([folder])]  # walked as simpsons-infer walks its input
     if not files:
         raise EvaluationError(f"--unknown {folder}: no image files found")
     return files
@@ -125,8 +127,13 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
     report.update(split=config.split, checkpoint=str(config.checkpoint), tta=config.tta, classes=classes)
     report["calibration"] = {"temperature": calibration.temperature, **fit_report(logits, targets, calibration.temperature)}
     if extra:
-        loader = datasets.loader(datasets.UnlabelledDataset(extra, EvalPreset(pre)), config.batch_size, config.workers)
-        (u_logits, u_features, _), _ = predict(network, loader, dev, tta=config.tta)
+        unlabelled = datasets.UnlabelledDataset(extra, EvalPreset(pre), (3, pre.image_size, pre.image_size))
+        (u_logits, u_features, _), u_targets = predict(network, datasets.loader(unlabelled, config.batch_size, config.workers), dev,
+                                                       tta=config.tta)
+        read = u_targets != datasets.SKIPPED
+        if not read.any():
+            raise EvaluationError(f"--unknown {config.unknown}: none of its {len(extra)} image files could be read")
+        u_logits, u_features = u_logits[read], u_features[read]
         report["unknown"] = openset_section(ood_scores(logits, features, calibration), ood_scores(u_logits, u_features, calibration),
                                             calibration.ood_score, calibration.ood_threshold, config.unknown)
 

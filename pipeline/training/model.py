@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.training import efficientnet_lite as lite
+from pipeline.training.checkpoint import read_tensors
 from pipeline.training.efficientnet_lite import WeightsError
 
 __all__ = ["WeightsError", "available_archs", "build_model", "pretrained_normalisation", "split_head"]
@@ -86,13 +87,12 @@ def _imagenet(arch: str) -> nn.Module:
 
 def _local(arch: str, path: Path) -> nn.Module:
     model = _bare(arch)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise WeightsError(f"{path}: cannot read weights ({str(e).splitlines()[0][:100]})") from None
+    state = read_tensors(path, "weights", WeightsError)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: not {arch} weights (holds a {type(state).__name__}, not a state dict)")
     own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    usable = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and own[k].shape == v.shape}
     if len(usable) < len(own) // 2:
         raise WeightsError(f"{path}: not {arch} weights ({len(usable)} of {len(own)} tensors match)")
     model.load_state_dict(usable, strict=False)

@@ -25,10 +25,10 @@ from torch import nn
 from pipeline.engine.manifest import Manifest, read as read_manifest
 from pipeline.engine.schema import Split
 from pipeline.training import datasets
-from pipeline.training.checkpoint import DEFAULT_SCORE, Calibration, Checkpoint
+from pipeline.training.checkpoint import DEFAULT_SCORE, Calibration, Checkpoint, save_tensors
 from pipeline.training.config import TrainConfig, eval_size, resolve
 from pipeline.training.inference import amp_dtype, eval_loader, loader_workers, pick_device, predict, predict_rows
-from pipeline.writers import atomic_write, write_json
+from pipeline.writers import write_json
 from pipeline.training.model import build_model, pretrained_normalisation
 from runtime.errors import SimpsonsError
 from runtime.files import Lock
@@ -298,7 +298,7 @@ class BestEpochs:
         self.entries = sorted([*self.entries, (f1, epoch)], key=lambda e: (-e[0], e[1]))
         if (f1, epoch) in self.entries[: self.keep]:
             self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.folder / f"epoch-{epoch}.pt", lambda tmp: torch.save(state_dict, tmp))
+            save_tensors(state_dict, self.folder / f"epoch-{epoch}.pt")
         for _, dropped in self.entries[self.keep:]:
             (self.folder / f"epoch-{dropped}.pt").unlink(missing_ok=True)
         self.entries = self.entries[: self.keep]
