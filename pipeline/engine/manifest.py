@@ -219,18 +219,23 @@ class Manifest:
 
 def read(manifest: Path) -> Manifest:
     """Read a manifest written by ``run``; a file that is not one is one clear error."""
-    for path in (manifest, manifest.parent / STATS):  # named here: polars' own error may carry no file name ("None")
-        if not path.is_file():
-            raise ManifestError(f"{path}: not found (run `simpsons manifest DATA_ROOT --out DIR` first)")
+    stats_path = manifest.parent / STATS
     try:
-        table = pl.read_parquet(manifest)
-        stats = json.loads((manifest.parent / STATS).read_text())
+        table = pl.read_parquet(_existing(manifest))
+        stats = json.loads(_existing(stats_path).read_text())
     except (pl.exceptions.PolarsError, OSError, ValueError) as e:
         raise ManifestError(f"{manifest}: not a manifest written by `simpsons manifest` ({str(e).splitlines()[0][:80]})") from None
     problem = _malformed(table, stats)
     if problem:
         raise ManifestError(f"{manifest}: not a manifest written by `simpsons manifest` ({problem})")
     return Manifest(manifest, table, stats)
+
+
+def _existing(path: Path) -> Path:
+    """``path``, or a ManifestError naming it: polars' own error may carry no file name ("None")."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: not found (run `simpsons manifest DATA_ROOT --out DIR` first)")
+    return path
 
 
 def _malformed(table: pl.DataFrame, stats: dict) -> str | None:
