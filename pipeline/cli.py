@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from export.config import ExportConfig as X
+from pipeline.engine.schema import Split
 from pipeline.training.config import RECIPES, EvalConfig as E, TrainConfig as C
 from runtime.errors import SimpsonsError
 from runtime.logs import to_stderr
@@ -282,7 +283,7 @@ def needs_train_extra(what: str) -> Iterator[None]:
 @main.command()
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=E.checkpoint)
 @click.option("--manifest", type=click.Path(path_type=Path), default=E.manifest)
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default=E.split)
+@click.option("--split", type=click.Choice([s.value for s in (Split.TEST, Split.VAL, Split.TRAIN)]), default=E.split)
 @click.option("--out", type=click.Path(path_type=Path), default=E.out)
 @click.option("--tta", is_flag=True, default=E.tta, help="average with the horizontally flipped image")
 @click.option("--unknown", type=click.Path(path_type=Path), default=E.unknown,

@@ -9,14 +9,13 @@ in ``last.pt`` only, the training state ``--resume`` needs.
 
 from __future__ import annotations
 
-import pickle
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pipeline.training.tensors import read_tensors
 from pipeline.writers import atomic_write
 from runtime.errors import SimpsonsError
 from runtime.metadata import Preprocessing
@@ -41,28 +40,6 @@ def save_tensors(obj: object, path: Path) -> None:
             torch.save(obj, f)
 
     atomic_write(path, write)
-
-
-def read_tensors(path: Path, what: str, error: type[SimpsonsError]) -> object:
-    """What ``torch.load(weights_only=True)`` reads from ``path`` (a checkpoint or weights
-    file); any failure is one ``error`` line naming the file. torch raises nearly anything on a
-    damaged file: EOFError for an empty one (which click would take for Ctrl-C),
-    UnpicklingError, with a multi-line warning, for a pickle holding code (never run)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise error(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise error(f"{path}: is a folder, not a {what} file") from None
-    except EOFError:
-        raise error(f"{path}: cannot load {what} (the file is empty or cut short)") from None
-    except pickle.UnpicklingError:
-        raise error(f"{path}: cannot load {what} (not a PyTorch file, or one holding more than tensors)") from None
-    except Exception as e:  # noqa: BLE001 - see the docstring
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise error(f"{path}: cannot load {what} ({reason})") from None
 
 
 @dataclass

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from pipeline.training import efficientnet_lite as lite
-from pipeline.training.checkpoint import read_tensors
 from pipeline.training.efficientnet_lite import WeightsError
+from pipeline.training.tensors import read_tensors
 
 __all__ = ["WeightsError", "available_archs", "build_model", "pretrained_normalisation", "split_head"]
 
