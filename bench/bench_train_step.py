@@ -1,8 +1,8 @@
 """Training speed on the CPU per architecture and image size: what a fine-tuning recipe can
 afford in a fixed wall time. One AdamW step on a batch of 32 random images, images per second,
 median of interleaved rounds, as a ratio to ResNet18 at 128 px (the from-scratch default)
-measured in the same rounds. "last stages" trains only the head and the last two blocks of
-EfficientNet-Lite (the backward pass skips the early, depthwise-heavy stages).
+measured in the same rounds. "from 1/N" trains only the layers at 1/N of the input resolution
+or coarser (``--train-from N``: the backward pass skips the early, depthwise-heavy stages).
 
     .venv/bin/python bench/bench_train_step.py [--rounds 3] [--threads 2]
 """
@@ -15,20 +15,19 @@ import time
 
 import common  # noqa: F401  (puts the repository on the path)
 
-CASES = [("resnet18", 128, False), ("resnet18", 224, False), ("efficientnet_lite0", 128, False),
-         ("efficientnet_lite0", 224, False), ("efficientnet_lite0", 128, True), ("efficientnet_lite0", 224, True)]
-LAST_STAGES = ("classifier", "head", "blocks.14", "blocks.15")
+CASES = [("resnet18", 128, 1), ("resnet18", 224, 1), ("efficientnet_lite0", 128, 1), ("efficientnet_lite0", 160, 1),
+         ("efficientnet_lite0", 224, 1), ("efficientnet_lite0", 128, 16), ("efficientnet_lite0", 160, 16),
+         ("efficientnet_lite0", 224, 16), ("efficientnet_lite0", 128, 32), ("efficientnet_lite0", 224, 32)]
 
 
-def step_rate(arch: str, size: int, last_stages: bool, batch: int = 32) -> float:
+def step_rate(arch: str, size: int, train_from: int, batch: int = 32) -> float:
     import torch
 
-    from pipeline.training.model import build_model
+    from pipeline.training.model import build_model, freeze_finer_than, train_mode
 
-    model = build_model(arch, 6, "none").train()
-    if last_stages:
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith(LAST_STAGES))
+    model = build_model(arch, 6, "none")
+    freeze_finer_than(model, train_from)
+    train_mode(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 6, (batch,))
     seconds = []
@@ -55,7 +54,7 @@ def main() -> None:
     for case in CASES:
         rate = statistics.median(r[case] for r in rounds)
         ratio = statistics.median(r[case] / r[CASES[0]] for r in rounds)
-        print(f"| {case[0]} | {case[1]} | {'head + last 2 blocks' if case[2] else 'everything'} | {rate:.1f} | {ratio:.2f}x |")
+        print(f"| {case[0]} | {case[1]} | {f'from 1/{case[2]}' if case[2] > 1 else 'everything'} | {rate:.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import click
 
 from export.config import ExportConfig as X
 from pipeline.engine.schema import Split
-from pipeline.training.config import RECIPES, EvalConfig as E, TrainConfig as C
+from pipeline.training.config import RECIPES, TRAIN_FROM, EvalConfig as E, TrainConfig as C
 from runtime.errors import SimpsonsError
 from runtime.logs import to_stderr
 
@@ -241,6 +241,9 @@ def _train_config(options: dict) -> C:
 @click.option("--progressive", type=Finite(), default=C.progressive, help=f"first epoch's image size as a share of --image-size, growing to full; 1 off {auto('progressive')}")
 @click.option("--eval-scale", type=Finite(), default=C.eval_scale, help=f"evaluate and export at --image-size x this (train/test resolution); 1 off {auto('eval_scale')}")
 @click.option("--average", type=int, default=C.average, help=f"average the weights of the best N epochs into best.pt if better; 1 off {auto('average')}")
+@click.option("--train-from", type=click.Choice([str(s) for s in TRAIN_FROM]), callback=lambda c, p, v: None if v is None else int(v),
+              default=None, help=f"fine-tune only the layers at 1/N of the input resolution or coarser, and the head; the rest keep "
+                                 f"their pretrained weights and skip the backward pass (1: everything, 64: the head alone) {auto('train_from')}")
 @click.option("--balance", type=click.Choice(["sampler", "loss", "none"]), default=C.balance, help="class imbalance: weighted sampling, loss weights, or nothing")
 @click.option("--freeze-epochs", type=click.IntRange(0), default=C.freeze_epochs, help="train only the head for this many epochs first")
 @click.option("--downscale", type=Finite(1.0), default=C.downscale, help="random down-scaling up to this factor (test images are ~3x smaller)")

@@ -111,8 +111,7 @@ def test_a_missing_weights_package_is_one_line_exit_2(pipeline_run, tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def lite_run(pipeline_run, tmp_path_factory) -> dict[str, Path]:
-    """Lite0 fine-tuned from its ImageNet weights (64 px, 2 epochs; no augmentation: the easy
-    set's classes are colours, which TrivialAugment shifts), exported with its portable variant (the
+    """Lite0 fine-tuned from its ImageNet weights (64 px, 2 epochs; no augmentation: the easy set's classes are colours, which TrivialAugment shifts), exported with its portable variant (the
     int8 variant of a model this barely trained flips answers: measured on real frames instead)."""
     out = tmp_path_factory.mktemp("lite")
     steps = [
@@ -151,3 +150,25 @@ def test_the_audit_ranks_labels_with_a_lite_model(lite_run, tmp_path: Path):
     result = invoke("audit", data, "--checkpoint", lite_run["run"] / "best.pt", "--workers", "0")
     assert result.exit_code == 0, result.output
     assert (data / "label_issues.csv").is_file() and (data / "audit.html").stat().st_size > 0
+
+
+def test_train_from_keeps_the_fine_layers_at_their_imagenet_weights(pipeline_run, tmp_path: Path):
+    from pipeline.training.checkpoint import Checkpoint
+    from pipeline.training.model import output_strides
+
+    result = invoke("train", "--manifest", pipeline_run["manifest"], "--out", tmp_path / "run", "--arch", "efficientnet_lite0",
+                    "--weights", "imagenet", "--image-size", "32", "--epochs", "1", "--workers", "0", "--train-from", "16")
+    assert result.exit_code == 0, result.output
+    tuned = Checkpoint.load(tmp_path / "run" / "best.pt").state_dict
+    imagenet = build_efficientnet_lite("efficientnet_lite0", 1000, pretrained=True)
+    strides, start = output_strides(imagenet), imagenet.state_dict()
+    frozen = [k for k in start if strides.get(k, strides.get(k.rsplit(".", 1)[0] + ".weight", float("inf"))) < 16]
+    assert "stem.0.weight" in frozen and "blocks.4.depthwise.1.running_var" in frozen  # statistics too
+    assert all(torch.equal(tuned[k], start[k]) for k in frozen)
+    assert not torch.equal(tuned["blocks.15.project.0.weight"], start["blocks.15.project.0.weight"])
+
+
+def test_train_from_needs_pretrained_weights(pipeline_run, tmp_path: Path):
+    result = invoke("train", "--manifest", pipeline_run["manifest"], "--out", tmp_path / "run", "--weights", "none",
+                    "--arch", "resnet18", "--train-from", "16", "--epochs", "1")
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "--train-from" in result.output

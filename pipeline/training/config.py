@@ -18,6 +18,7 @@ from runtime.errors import SimpsonsError
 
 RUN_FACTS = {"manifest_hash", "config_hash", "classes", "world_size"}  # written by train(), not options
 AUGMENTS = ("none", "trivial", "randaugment")
+TRAIN_FROM = (1, 2, 4, 8, 16, 32, 64)  # output strides: 64 leaves a stride-32 network only its head
 
 # The recipe for each start point: what "auto" means. Chosen by measurement (BENCHMARKS.md,
 # "Training recipe"); every value can still be set on the command line.
@@ -31,12 +32,12 @@ RECIPES = {
     "scratch": {
         "lr": 2e-3, "batch_size": 32, "weight_decay": 0.05, "warmup_epochs": 1.0, "label_smoothing": 0.1,
         "backbone_lr": 1.0, "augment": "none", "mixup": 0.0, "cutmix": 0.0, "random_erase": 0.0,
-        "ema": 0.0, "progressive": 0.5, "eval_scale": 1.0, "average": 1,
+        "ema": 0.0, "progressive": 0.5, "eval_scale": 1.0, "average": 1, "train_from": 1,
     },
     "pretrained": {  # ImageNet or local weights: keep what the backbone knows, teach the head
         "lr": 1e-3, "batch_size": 64, "weight_decay": 0.05, "warmup_epochs": 1.0, "label_smoothing": 0.1,
         "backbone_lr": 0.1, "augment": "trivial", "mixup": 0.0, "cutmix": 0.0, "random_erase": 0.0,
-        "ema": 0.0, "progressive": 1.0, "eval_scale": 1.0, "average": 1,
+        "ema": 0.0, "progressive": 1.0, "eval_scale": 1.0, "average": 1, "train_from": 1,
     },
 }
 
@@ -69,6 +70,7 @@ class TrainConfig:
     progressive: float | None = None  # image size in the first epoch, as a share of image_size; 1: off
     eval_scale: float | None = None  # evaluate (and export) at image_size x this; 1: the training size
     average: int | None = None  # average the weights of the best N epochs into best.pt; 1: off
+    train_from: int | None = None  # fine-tune only layers at 1/N of the input resolution or coarser; 1: all
     balance: str = "sampler"  # sampler | loss | none
     freeze_epochs: int = 0  # head only for this many epochs (staged fine-tuning)
     downscale: float = 4.0  # random down-scaling up to this factor
@@ -127,6 +129,8 @@ def check(c: TrainConfig) -> None:
         (not 0 < c.progressive <= 1, f"--progressive is a share of --image-size in (0, 1], got {c.progressive}"),
         (not 1 <= c.eval_scale <= 2, f"--eval-scale must be between 1 and 2, got {c.eval_scale}"),
         (not 1 <= c.average <= c.epochs, f"--average {c.average} must be between 1 and --epochs ({c.epochs})"),
+        (c.train_from not in TRAIN_FROM, f"--train-from is one of {', '.join(map(str, TRAIN_FROM))}, got {c.train_from}"),
+        (c.train_from > 1 and c.weights == "none", "--train-from freezes layers at their pretrained weights: it needs --weights"),
         (c.freeze_epochs > c.epochs, f"--freeze-epochs {c.freeze_epochs} is more than --epochs ({c.epochs})"),
     ]
     for failed, message in problems:

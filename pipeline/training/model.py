@@ -18,7 +18,7 @@ from pipeline.training import efficientnet_lite as lite
 from pipeline.training.efficientnet_lite import WeightsError
 from pipeline.training.tensors import read_tensors
 
-__all__ = ["WeightsError", "available_archs", "build_model", "pretrained_normalisation", "split_head"]
+__all__ = ["WeightsError", "available_archs", "build_model", "freeze_finer_than", "pretrained_normalisation", "split_head", "train_mode"]
 
 
 def available_archs() -> list[str]:
@@ -111,3 +111,53 @@ def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module
     else:
         model = _local(arch, Path(weights))
     return _replace_head(model, num_classes)
+
+
+def output_strides(model: nn.Module, probe: int = 64) -> dict[str, float]:
+    """How much smaller than the input each parameter's layer output is (2 for a stride-2 stem,
+    32 for the last stage of a ResNet; infinite after the global pooling), found by one forward
+    pass on a ``probe`` x ``probe`` image in eval mode, so no batch-norm statistic moves."""
+    strides: dict[str, float] = {}
+
+    def hook(name: str):
+        def record(module, args, output):
+            strides[name] = probe / output.shape[-1] if output.dim() == 4 else float("inf")
+        return record
+
+    owners = [(name, m) for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    handles = [m.register_forward_hook(hook(name)) for name, m in owners]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, probe, probe))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return {f"{name}.{p}" if name else p: strides[name] for name, m in owners for p, _ in m.named_parameters(recurse=False)}
+
+
+def freeze_finer_than(model: nn.Module, stride: int) -> int:
+    """Fine-tune only the layers whose output is at 1/``stride`` of the input resolution or
+    coarser (and the head): the early, fine-resolution layers keep their ImageNet weights, and
+    the backward pass stops before them, which is most of a CPU step's cost in a depthwise
+    network. The same rule fits every CNN, whatever its module names. Returns the number of
+    parameters frozen; ``stride`` 1 freezes nothing."""
+    frozen = 0
+    strides = output_strides(model) if stride > 1 else {}
+    for name, p in model.named_parameters():
+        if strides.get(name, float("inf")) < stride:
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
+def train_mode(model: nn.Module) -> nn.Module:
+    """``model.train()``, except that a batch norm whose weights are frozen keeps its running
+    statistics and uses them: a frozen layer must compute what it computed on ImageNet."""
+    model.train()
+    for m in model.modules():
+        weights = list(m.parameters())
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and weights and not any(p.requires_grad for p in weights):
+            m.eval()
+    return model

@@ -29,7 +29,7 @@ from pipeline.training.checkpoint import DEFAULT_SCORE, Calibration, Checkpoint,
 from pipeline.training.config import TrainConfig, eval_size, resolve
 from pipeline.training.inference import amp_dtype, eval_loader, loader_workers, pick_device, predict, predict_rows
 from pipeline.writers import write_json
-from pipeline.training.model import build_model, pretrained_normalisation
+from pipeline.training.model import build_model, freeze_finer_than, pretrained_normalisation, train_mode
 from runtime.errors import SimpsonsError
 from runtime.files import Lock
 from runtime.metadata import Preprocessing
@@ -83,7 +83,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     head = head_parameters(model)
     groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (True, False)}
     for p in model.parameters():
-        groups[(id(p) in head, p.ndim > 1)].append(p)
+        if p.requires_grad:  # --train-from: frozen layers are not optimised at all
+            groups[(id(p) in head, p.ndim > 1)].append(p)
     return torch.optim.AdamW(
         [{"params": ps, "weight_decay": config.weight_decay if decay else 0.0, "is_head": is_head,
           "lr": config.lr * (1.0 if is_head else config.backbone_lr)}
@@ -133,7 +134,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, dtyp
                     mixer=None, ema=None) -> tuple[float, float]:
     """One pass over the loader (images mixed by ``mixer`` if given, ``ema`` updated after
     each step); returns (mean loss, images per second)."""
-    model.train()
+    train_mode(model)
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     for images, targets in progress(loader, len(loader), desc):
         if mixer is not None:
@@ -225,6 +226,10 @@ def make_model(config: TrainConfig, num_classes: int, resume: bool, rank: int, w
     model = build_model(config.arch, num_classes, "none" if resume else config.weights)
     if world > 1 and rank == 0:
         dist.barrier()
+    frozen = freeze_finer_than(model, config.train_from)
+    if frozen and rank == 0:
+        total = sum(p.numel() for p in model.parameters())
+        log.info("--train-from %d: %.1fM of %.1fM parameters keep their pretrained weights", config.train_from, frozen / 1e6, total / 1e6)
     return model
 
 
