@@ -35,14 +35,15 @@ def simpsons(*args) -> float:
     return time.perf_counter() - start
 
 
-def flipped_sample(root: Path, share: float, seed: int = 0) -> set[str]:
-    """Symlinks of the sample in the Kaggle layout, ``share`` of the frames filed under another class."""
+def flipped_sample(root: Path, share: float, seed: int = 0, sample: Path = SAMPLE) -> set[str]:
+    """Symlinks of the sample in the Kaggle layout, ``share`` of the frames filed under another
+    class; a frame's true class is its name's prefix, up to the first ``-``."""
     rng, flipped = random.Random(seed), set()
     if (root / "flipped.txt").is_file():
         return set((root / "flipped.txt").read_text().split())
-    classes = sorted(p.name for p in (SAMPLE / "simpsons_dataset").iterdir())
+    classes = sorted(p.name for p in (sample / "simpsons_dataset").iterdir())
     for label in classes:
-        for frame in sorted((SAMPLE / "simpsons_dataset" / label).iterdir()):
+        for frame in sorted((sample / "simpsons_dataset" / label).iterdir()):
             target = label
             if rng.random() < share:
                 target = rng.choice([c for c in classes if c != label])

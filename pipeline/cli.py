@@ -151,15 +151,19 @@ def synth(out: Path, classes: int, per_class: int, test_per_class: int, unknown:
 @click.option("--no-plots", is_flag=True, help="skip the class-distribution charts")
 @click.option("--ray", metavar="ADDRESS", default=None,
               help="fingerprint on a Ray cluster: local, auto or ray://HOST:10001 ([distributed] extra; DATA_ROOT at the same path on every node)")
+@click.option("--corrections", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="a review's corrections.csv (path, action relabel|exclude|keep, label, note[, hash]: the audit page writes it), "
+                   "applied before duplicates, leaks and the split are decided")
 def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, keep_leaks: bool, workers: int | None, no_plots: bool,
-             ray: str | None) -> None:
+             ray: str | None, corrections: Path | None) -> None:
     """Scan DATA_ROOT (Kaggle layout) into OUT/manifest.parquet and OUT/stats.json."""
     from pipeline.engine import manifest as engine
     from pipeline.memory import glibc_returns_freed_memory
 
     glibc_returns_freed_memory()
     workers = capped_workers(workers) if workers and not ray else workers
-    config = engine.ManifestConfig(val_fraction=val_fraction, seed=seed, keep_leaks=keep_leaks)
+    config = engine.ManifestConfig(val_fraction=val_fraction, seed=seed, keep_leaks=keep_leaks,
+                                   corrections=str(corrections.resolve()) if corrections else None)
     try:
         summary = engine.run(data_root, out_dir, config, workers=workers, plots=not no_plots, ray=ray)
     except OSError as e:  # the output folder, not the data: bad data files become rows
@@ -171,6 +175,10 @@ def manifest(data_root: Path, out_dir: Path, val_fraction: float, seed: int, kee
         f"{len(summary['near_duplicate_groups'])} near-duplicate groups",
         err=True,
     )
+    if corrections:
+        review = summary["corrections"]
+        click.echo(f"{corrections}: {review['relabel']} relabelled, {review['exclude']} excluded, {review['keep']} kept "
+                   f"({review['corrected']} row(s) changed); {len(review['stale'])} not applied: the file changed since", err=True)
     click.echo(f"wrote {out_dir / engine.MANIFEST} and {out_dir / engine.STATS}", err=True)
 
 

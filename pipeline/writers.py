@@ -41,12 +41,13 @@ def write_parquet(path: Path, df: pl.DataFrame | pl.LazyFrame) -> None:
     atomic_write(path, lambda tmp: sink_parquet(df, tmp, path))
 
 
-def sink_parquet(df: pl.DataFrame | pl.LazyFrame, tmp: Path, path: Path) -> None:
-    """A table, or a query streamed into the file ``tmp`` that will become ``path``. Polars
-    reports a failed write (a full disk) as its own error; it is an OSError naming ``path``
-    here, so the commands report it in one line like any other write failure."""
+def sink_parquet(df: pl.DataFrame | pl.LazyFrame, tmp: Path, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A table, or a query streamed into the file ``tmp`` that will become ``path`` (with
+    ``metadata``: key-value pairs in its footer). Polars reports a failed write (a full disk)
+    as its own error; it is an OSError naming ``path`` here, so the commands report it in one
+    line like any other write failure."""
     try:
-        df.lazy().sink_parquet(tmp, statistics=False, row_group_size=ROW_GROUP)
+        df.lazy().sink_parquet(tmp, statistics=False, row_group_size=ROW_GROUP, metadata=metadata)
     except pl.exceptions.PolarsError as e:
         code = re.search(r"os error (\d+)", str(e))
         raise OSError(int(code.group(1)) if code else errno.EIO, os.strerror(int(code.group(1))) if code else str(e), str(path)) from None

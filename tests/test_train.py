@@ -375,3 +375,19 @@ def test_nonsensical_recipes_are_refused_before_any_work(pipeline_run, tmp_path:
     result = invoke("train", "--manifest", pipeline_run["manifest"], "--out", tmp_path / "run", *TINY, "--epochs", "2", *args)
     assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_training_batch_of_one_image_is_dropped_not_an_error():
+    from torch.utils.data import TensorDataset
+
+    from pipeline.training.datasets import EpochSampler, loader
+
+    class Indexed(TensorDataset):  # the sampler hands out (index, seed, size)
+        def __getitem__(self, item):
+            return super().__getitem__(item[0])
+
+    for n, batches in ((17, [16]), (18, [16, 2]), (16, [16])):
+        sampler = EpochSampler([0] * n, 1, balanced=False, seed=0)
+        assert [len(x) for (x,) in loader(Indexed(torch.zeros(n, 1)), 16, 0, sampler)] == batches
+    assert [len(x) for (x,) in loader(TensorDataset(torch.zeros(17, 1)), 16, 0)] == [16, 1]  # evaluation sees every image
+

@@ -1,5 +1,5 @@
-"""The data engine in one visible place: scan -> fingerprint -> duplicates -> near-duplicate
-groups -> leakage -> labels -> split -> statistics, and the files it writes.
+"""The data engine in one visible place: scan -> fingerprint -> corrections -> duplicates ->
+near-duplicate groups -> leakage -> labels -> split -> statistics, and the files it writes.
 
 ``build`` is pure (tables in, the manifest out as a query); ``run`` is the thin shell around it
 that reads the disk, uses the cache and streams the query into ``manifest.parquet``, then writes
@@ -21,7 +21,7 @@ import polars as pl
 import xxhash
 
 from pipeline.engine.schema import COLUMNS, USABLE, Split, Status
-from pipeline.engine import dedupe, split, stats
+from pipeline.engine import corrections as review, dedupe, split, stats
 from pipeline import figures
 from pipeline.engine.fingerprint import BAD_NAME, FINGERPRINT_SCHEMA, FINGERPRINT_VERSION, KEY, fingerprint
 from pipeline.engine.cache import ShardCache
@@ -47,6 +47,7 @@ class ManifestConfig:
     keep_leaks: bool = False
     phash_max_distance: int = dedupe.PHASH_MAX_DISTANCE
     thumb_max_difference: float = dedupe.THUMB_MAX_DIFFERENCE
+    corrections: str | None = None  # a corrections CSV (pipeline/engine/corrections.py), applied before any decision
 
 
 def class_list(df: pl.DataFrame) -> list[str]:
@@ -55,33 +56,37 @@ def class_list(df: pl.DataFrame) -> list[str]:
     return sorted(ok.select(pl.col("label").unique()).collect()["label"].to_list())
 
 
-def decide(files: pl.DataFrame, fingerprints: pl.LazyFrame, config: ManifestConfig) -> tuple[pl.DataFrame, list[str]]:
-    """Scanned files + their fingerprints (a row for each file, in the same order) -> every
-    decision (status, duplicates, groups, leaks, split) and the class list, taken on the few
-    columns they read (the content hash as a number); the wide ones join the manifest only as
-    it is written. Rows side by side, never joined: a join would hold both tables."""
+def decide(files: pl.DataFrame, fingerprints: pl.LazyFrame, config: ManifestConfig,
+           corrections: review.Corrections = review.NONE) -> tuple[pl.DataFrame, list[str]]:
+    """Scanned files + their fingerprints (a row for each file, in the same order) + a person's
+    corrections -> every decision (status, duplicates, groups, leaks, split) and the class
+    list, taken on the few columns they read (the content hash as a number); the wide ones join
+    the manifest only as it is written. Rows side by side, never joined: a join would hold both
+    tables. The corrections come first, so every later rule sees the labels as corrected."""
     narrow = fingerprints.select(*DECIDED_ON).with_columns(pl.col("hash").str.to_integer(base=16, dtype=pl.UInt64))
     df = pl.concat([files.select("path", "source", "label", "size_bytes", "bad_name"), narrow.collect()], how="horizontal")
     df = df.with_columns(  # the scan's word, not the cache's: a name escaped like another's shares its key
         pl.when(pl.col("bad_name")).then(pl.lit(Status.BAD_NAME)).otherwise(pl.col("status")).alias("status"),
         pl.when(pl.col("bad_name")).then(pl.lit(BAD_NAME)).otherwise(pl.col("reason")).alias("reason"),
     ).drop("bad_name")
-    classes = class_list(df)
-    df = dedupe.mark_exact_duplicates(df)
+    classes = class_list(df)  # before the corrections: a review moves files between classes, never renumbers them
+    review.check(corrections, df.get_column("path"), classes)
+    df = dedupe.mark_exact_duplicates(review.apply(df, corrections))
     df = dedupe.group_near_duplicates(df, dedupe.thumbnails(fingerprints), config.phash_max_distance, config.thumb_max_difference)
     df = dedupe.mark_leaks(df, config.keep_leaks)
     df = split.mark_unknown_labels(df, classes)
     return split.assign_split(df, config.val_fraction, config.seed).drop("hash"), classes
 
 
-def build(files: pl.DataFrame, fingerprints: pl.DataFrame | pl.LazyFrame, config: ManifestConfig) -> tuple[pl.LazyFrame, list[str]]:
+def build(files: pl.DataFrame, fingerprints: pl.DataFrame | pl.LazyFrame, config: ManifestConfig,
+          corrections: review.Corrections = review.NONE) -> tuple[pl.LazyFrame, list[str]]:
     """Scanned files (in path order) + their fingerprints (a row for each, in the same order: a
     table, or a scan of the cache's file) -> the manifest as a query that streams into its
     file, and the class list. The query reads the fingerprints when it runs: ``run`` holds the
     cache's lock until then."""
     if files.height != fingerprints.lazy().select(pl.len()).collect().item():
         raise ValueError("build: the fingerprints are not a row for each scanned file")
-    decisions, classes = decide(files, fingerprints.lazy(), config)
+    decisions, classes = decide(files, fingerprints.lazy(), config, corrections)
     carried = fingerprints.lazy().select(*CARRIED)
     return pl.concat([decisions.lazy(), carried], how="horizontal").select(COLUMNS), classes
 
@@ -101,12 +106,13 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
     """Build and write the manifest; returns the statistics. Bad files become rows with a
     status and one warning line each; nothing here stops on a bad file. ``chunk`` files are
     fingerprinted between two cache saves; ``show`` wraps the fingerprinting's iterator (a
-    progress bar)."""
+    progress bar). Corrections that cannot be applied are one error before anything is written."""
+    corrections = review.read(Path(config.corrections)) if config.corrections else review.NONE
     files, empty = scan(data_root)
     check_writable(out_dir)
     with Lock(out_dir / MANIFEST), _cache_lock(data_root):  # a second run into the same folder is refused, not interleaved
         fingerprints = _fingerprints(data_root, files, workers, ray, chunk, show)
-        return _write(data_root, out_dir, config, files, fingerprints, empty, plots)
+        return _write(data_root, out_dir, config, corrections, files, fingerprints, empty, plots)
 
 
 def _cache_lock(data_root: Path) -> Lock:
@@ -120,16 +126,19 @@ def _cache_lock(data_root: Path) -> Lock:
         return Lock(cache_folder(data_root).parent, wait=True)
 
 
-def _write(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.DataFrame, fingerprints: pl.LazyFrame,
-           empty: list[str], plots: bool) -> dict:
-    manifest, classes = build(files, fingerprints, config)
+def _write(data_root: Path, out_dir: Path, config: ManifestConfig, corrections: review.Corrections, files: pl.DataFrame,
+           fingerprints: pl.LazyFrame, empty: list[str], plots: bool) -> dict:
+    manifest, classes = build(files, fingerprints, config, corrections)
     previous = _read_json(out_dir / STATS)
+    reviewed = {"corrections_hash": corrections.hash} if config.corrections else {}
 
     def publish(tmp: Path) -> dict:
         """Stream the manifest into its temporary file and summarise it from there: stats.json
-        is written just before the manifest appears, both only once both are whole."""
-        sink_parquet(manifest, tmp, out_dir / MANIFEST)
-        summary = stats.summarise(pl.scan_parquet(tmp), classes, empty, {"data_root": str(data_root.resolve()), **asdict(config)})
+        is written just before the manifest appears, both only once both are whole. The
+        corrections' hash is in the file too, so the manifest's own hash (which a training run
+        records, and ``train --resume`` checks) changes with any edit of them."""
+        sink_parquet(manifest, tmp, out_dir / MANIFEST, metadata=reviewed or None)
+        summary = stats.summarise(pl.scan_parquet(tmp), classes, empty, {"data_root": str(data_root.resolve()), **asdict(config), **reviewed})
         write_json(out_dir / STATS, summary)
         return summary
 
@@ -137,6 +146,8 @@ def _write(data_root: Path, out_dir: Path, config: ManifestConfig, files: pl.Dat
     for problem in summary["problems"]:
         if problem["status"] != Status.LABEL_CONFLICT:  # one line per pair of classes below, not per file
             log.warning("%s: %s [%s]", problem["path"], problem["reason"], problem["status"])
+    for stale in summary["corrections"]["stale"]:
+        log.warning("%s: %s", stale["path"], stale["review_note"])
     for a, b, n in summary["label_conflicts"]:
         log.warning("%s and %s hold %d identical file(s) (a linked or copied folder?): all marked label_conflict and unused", a, b, n)
     for label in summary["empty_classes"]:

@@ -19,6 +19,10 @@ bare string.
 | duplicate_of | for a ``duplicate``, the path of the kept copy |
 | leak | for a training image, the test image it is a copy of |
 | pixel_mean, pixel_sq_mean | per-channel moments at a small size (the training mean/std) |
+| original_label | the label the data's layout gives, before any correction (``label`` is after) |
+| review | the correction applied to the row (``relabel``, ``exclude``, ``keep``), ``stale`` for one not applied because the file changed since it was reviewed; null where none |
+| review_note | the correction's note (for a stale one: why it was not applied) |
+| corrected | the review changed the row: a new label, or ``excluded_by_review`` |
 """
 
 from __future__ import annotations
@@ -36,6 +40,20 @@ class Status(StrEnum):
     LABEL_CONFLICT = "label_conflict"  # the same bytes under two classes: no label can be trusted
     LEAK = "leak"  # a training image whose near-duplicate group holds a test image
     UNKNOWN_LABEL = "unknown_label"  # a test image whose name carries no training class
+    EXCLUDED_BY_REVIEW = "excluded_by_review"  # a person excluded it (``--corrections``, action exclude)
+
+
+class Review(StrEnum):
+    """What a correction did to a row (the ``review`` column): the three actions a corrections
+    file may name, and ``stale`` for one left unapplied because the file changed since."""
+
+    RELABEL = "relabel"  # filed under another class (``label``; ``original_label`` keeps the old one)
+    EXCLUDE = "exclude"  # not used: status ``excluded_by_review``
+    KEEP = "keep"  # looked at, the label stands: nothing changes but the record
+    STALE = "stale"  # the file's bytes differ from the reviewed ones (the hash column): not applied
+
+
+ACTIONS = (Review.RELABEL, Review.EXCLUDE, Review.KEEP)  # what a corrections file may ask for
 
 
 class Split(StrEnum):
@@ -51,4 +69,5 @@ PICTURES = (Status.OK, Status.DUPLICATE, Status.LEAK)  # decoded images whose la
 COLUMNS = [
     "path", "label", "split", "status", "reason", "source", "hash", "size_bytes", "width", "height",
     "format", "phash", "group", "group_size", "duplicate_of", "leak", "pixel_mean", "pixel_sq_mean",
+    "original_label", "review", "review_note", "corrected",
 ]

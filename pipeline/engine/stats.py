@@ -10,7 +10,7 @@ import math
 
 import polars as pl
 
-from pipeline.engine.schema import PICTURES, Split
+from pipeline.engine.schema import ACTIONS, PICTURES, Review, Split, Status
 from pipeline.engine.dedupe import conflicting_labels
 
 SPLITS = (Split.TRAIN, Split.VAL, Split.TEST)
@@ -53,6 +53,15 @@ def groups_of(df: pl.LazyFrame, column: str) -> list[list[str]]:
     return grouped.collect()["path"].to_list()
 
 
+def corrections(df: pl.LazyFrame) -> dict:
+    """What the review did: rows per action applied, rows it changed, and each stale decision
+    (the file changed since it was reviewed) with why it was not applied."""
+    applied = dict(df.filter(pl.col("review").is_not_null()).group_by("review").len().collect().iter_rows())
+    stale = df.filter(pl.col("review") == Review.STALE).select("path", "review_note").sort("path").collect()
+    return {**{action.value: applied.get(action, 0) for action in ACTIONS},
+            "corrected": df.filter(pl.col("corrected")).select(pl.len()).collect().item(), "stale": stale.to_dicts()}
+
+
 def summarise(df: pl.LazyFrame, classes: list[str], empty_folders: list[str], config: dict) -> dict:
     """Everything ``stats.json`` holds: the class list (index = class id) and how the data
     engine judged every file."""
@@ -60,7 +69,8 @@ def summarise(df: pl.LazyFrame, classes: list[str], empty_folders: list[str], co
     per_split = counts(df, classes)
     totals = dict(df.group_by("split").len().collect().iter_rows())
     copies = df.filter(pl.col("duplicate_of").is_not_null()).group_by("duplicate_of").agg(pl.col("path").sort()).sort("duplicate_of")
-    problems = df.filter(~pl.col("status").is_in(PICTURES)).select("path", "status", "reason")
+    problems = (df.filter(~pl.col("status").is_in([*PICTURES, Status.EXCLUDED_BY_REVIEW]))  # a person's decision is no problem
+                .select("path", "status", "reason"))
     return {
         "classes": classes,
         "mean": mean,
@@ -72,6 +82,7 @@ def summarise(df: pl.LazyFrame, classes: list[str], empty_folders: list[str], co
         "near_duplicate_groups": groups_of(df.filter(pl.col("group_size") > 1), "group"),
         "leaks": df.filter(pl.col("leak")).select("path").collect()["path"].to_list(),
         "label_conflicts": [list(pair) for pair in conflicting_labels(df)],
+        "corrections": corrections(df),
         "empty_classes": [c for c in classes if per_split[Split.TRAIN][c] == 0],
         "problems": problems.collect().to_dicts() + [{"path": p, "status": "empty_folder", "reason": "class folder holds no file"} for p in empty_folders],
         "config": config,

@@ -122,7 +122,10 @@ class EpochSampler(Sampler[tuple[int, int, int | None]]):
 
 
 def loader(dataset: Dataset, batch_size: int, workers: int, sampler: Sampler | None = None, pin: bool = False) -> DataLoader:
-    """Decoding in worker processes that stay alive between epochs; pinned memory for CUDA."""
+    """Decoding in worker processes that stay alive between epochs; pinned memory for CUDA. With
+    a ``sampler`` (training), a last batch of one image is dropped: batch normalisation cannot
+    train on one sample, and a training set one image past a multiple of the batch size (a
+    fold, a reviewed manifest) would end every epoch with an error."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -132,5 +135,5 @@ def loader(dataset: Dataset, batch_size: int, workers: int, sampler: Sampler | N
         pin_memory=pin,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
-        drop_last=False,
+        drop_last=sampler is not None and len(sampler) % batch_size == 1,
     )
