@@ -15,25 +15,11 @@ from __future__ import annotations
 
 import argparse
 import random
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import polars as pl
 
-from common import REPO, SAMPLE, WORK, require_sample, sample_manifest
-
-SIMPSONS = [sys.executable, "-m", "pipeline.cli"]
-
-
-def simpsons(*args) -> float:
-    start = time.perf_counter()
-    done = subprocess.run([*SIMPSONS, *map(str, args)], cwd=REPO, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"failed: simpsons {' '.join(map(str, args))}\n{done.stderr[-2000:]}")
-    return time.perf_counter() - start
-
+from common import SAMPLE, WORK, require_sample, sample_manifest, simpsons
 
 def flipped_sample(root: Path, share: float, seed: int = 0, sample: Path = SAMPLE) -> set[str]:
     """Symlinks of the sample in the Kaggle layout, ``share`` of the frames filed under another

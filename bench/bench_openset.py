@@ -3,26 +3,26 @@ every character the model has never seen.
 
 For each left-out class: the other classes' frames form a data root (every 7th frame of each
 becomes a test image, Kaggle-style), the left-out frames an ``unknown/`` folder; then
-``simpsons manifest``, ``train`` (from scratch), ``evaluate --split test --unknown``. Printed:
+``simpsons manifest``, ``train`` (from scratch, or fine-tuned with ``--weights imagenet``),
+``evaluate --split test --unknown``; the left-out classes run ``--slots`` at a time. Printed:
 val ECE/NLL before and after temperature scaling (from the calibration stored in best.pt),
 test ECE, and for every candidate score AUROC, FPR at 95% known acceptance and, for the
-shipped score, the shares accepted and rejected at the stored threshold.
+shipped score, the shares accepted and rejected at the stored threshold; last, per score, the
+mean and worst AUROC and FPR over the left-out classes.
 
     .venv/bin/python bench/bench_openset.py [--leave-out lisa_simpson abraham_grampa_simpson]
+    .venv/bin/python bench/bench_openset.py --leave-out all --arch efficientnet_lite0 --weights imagenet
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
+import statistics
 from pathlib import Path
 
-from common import REPO, WORK, require_sample
+from common import WORK, in_parallel, require_sample, simpsons
 
-SIMPSONS = [sys.executable, "-m", "pipeline.cli"]
 TEST_EVERY = 7
 
 
@@ -46,26 +46,29 @@ def make_root(sample: Path, left_out: str, root: Path) -> None:
             dest.symlink_to(f)
 
 
-def run(*args: str) -> None:
-    done = subprocess.run([*SIMPSONS, *map(str, args)], cwd=REPO, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"failed: simpsons {' '.join(map(str, args))}\n{done.stderr[-2000:]}")
-
-
 def one(sample: Path, left_out: str, args) -> dict:
-    work = WORK / f"openset-{left_out}"
+    """Data root, manifest, training (kept for a rerun), evaluation; the result is also appended
+    to ``--results``."""
+    work = WORK / f"openset-{args.arch}-{args.weights}-{left_out}"
     make_root(sample, left_out, work / "data")
-    run("manifest", work / "data", "--out", work / "out", "--no-plots")
+    simpsons("manifest", work / "data", "--out", work / "out", "--no-plots")
     if not (work / "run" / "best.pt").is_file():
-        run("train", "--manifest", work / "out" / "manifest.parquet", "--out", work / "run", "--arch", args.arch,
-            "--weights", "none", "--image-size", args.image_size, "--epochs", args.epochs, *args.train_args.split())
-    run("evaluate", "--checkpoint", work / "run" / "best.pt", "--manifest", work / "out" / "manifest.parquet",
-        "--split", "test", "--out", work / "eval", "--unknown", work / "data" / "unknown")
+        simpsons("train", "--manifest", work / "out" / "manifest.parquet", "--out", work / "run", "--arch", args.arch,
+                 "--weights", args.weights, "--image-size", args.image_size, "--epochs", args.epochs,
+                 "--workers", args.workers, "--device", args.device, *args.train_args.split())
+    simpsons("evaluate", "--checkpoint", work / "run" / "best.pt", "--manifest", work / "out" / "manifest.parquet",
+             "--split", "test", "--out", work / "eval", "--unknown", work / "data" / "unknown", "--workers", args.workers,
+             "--device", args.device)
     import torch
 
     fit = torch.load(work / "run" / "best.pt", weights_only=True)["calibration"]["fit"]
     report = json.loads((work / "eval" / "report.json").read_text())
-    return {"left_out": left_out, "fit": fit, "report": report}
+    result = {"left_out": left_out, "arch": args.arch, "weights": args.weights, "fit": fit, "report": report,
+              "ece_floor": ece_floor(work / "eval" / "predictions.csv")}
+    if args.results:
+        with args.results.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+    return result
 
 
 def ece_floor(predictions_csv: Path, runs: int = 200) -> float:
@@ -87,31 +90,57 @@ def ece_floor(predictions_csv: Path, runs: int = 200) -> float:
     return float(np.mean(eces))
 
 
+def print_one(r: dict) -> None:
+    fit, report, unknown = r["fit"], r["report"], r["report"]["unknown"]
+    cal = report["calibration"]
+    print(f"\n## left out: {r['left_out']} ({unknown['scores'][unknown['shipped']]['unknown_images']} unknown frames, "
+          f"{report['num_samples']} known test frames, test macro-F1 {report['macro avg']['f1']:.3f})")
+    print(f"val ({fit['val_images']} images): NLL {fit['nll_before']:.3f} -> {fit['nll_after']:.3f}, "
+          f"ECE {fit['ece_before']:.3f} -> {fit['ece_after']:.3f}; test: NLL {cal['nll_before']:.3f} -> "
+          f"{cal['nll_after']:.3f}, ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f} (T = {cal['temperature']:.3f}); "
+          f"ECE of a perfectly calibrated model on these test confidences: {r['ece_floor']:.3f}")
+    print("| score | AUROC | FPR at 95% known accepted | known test accepted at threshold | unknown rejected at threshold |")
+    print("|---|---|---|---|---|")
+    for name, s in unknown["scores"].items():
+        at = f"{s['known_accepted']:.1%} | {s['unknown_rejected']:.1%}" if s.get("threshold") is not None else " | "
+        print(f"| {name}{' (shipped)' if name == unknown['shipped'] else ''} | {s['auroc']:.3f} | {s['fpr_at_95_known']:.3f} | {at} |")
+
+
+def summary(results: list[dict]) -> str:
+    """Per score: mean and worst AUROC and FPR at 95% known accepted over the left-out classes."""
+    scores = results[0]["report"]["unknown"]["scores"]
+    lines = [f"\n## {len(results)} left-out classes: {', '.join(r['left_out'] for r in results)}",
+             "| score | AUROC mean | AUROC worst | FPR at 95% known, mean | FPR worst | test macro-F1 mean |", "|---|---|---|---|---|---|"]
+    f1 = statistics.mean(r["report"]["macro avg"]["f1"] for r in results)
+    for name in scores:
+        auroc = [r["report"]["unknown"]["scores"][name]["auroc"] for r in results]
+        fpr = [r["report"]["unknown"]["scores"][name]["fpr_at_95_known"] for r in results]
+        lines.append(f"| {name} | {statistics.mean(auroc):.3f} | {min(auroc):.3f} | {statistics.mean(fpr):.3f} | {max(fpr):.3f} | {f1:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--leave-out", nargs="+", default=["lisa_simpson", "abraham_grampa_simpson"])
+    parser.add_argument("--leave-out", nargs="+", default=["lisa_simpson", "abraham_grampa_simpson"], help="class names, or all")
     parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--weights", default="none", help="none (from scratch) or imagenet (fine-tuned)")
     parser.add_argument("--image-size", default="128")
     parser.add_argument("--epochs", default="12")
-    parser.add_argument("--train-args", default="--batch-size 32 --lr 2e-3", help="extra `simpsons train` options")
+    parser.add_argument("--train-args", default="", help="extra `simpsons train` options")
+    parser.add_argument("--slots", type=int, default=1, help="left-out classes at a time")
+    parser.add_argument("--workers", default="2", help="data-loader processes per run")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--results", type=Path, default=None, help="append each result to this JSON Lines file")
     args = parser.parse_args()
     sample = require_sample()
-    os.environ.setdefault("PYTHONPATH", str(REPO))
-    for left_out in args.leave_out:
-        r = one(sample, left_out, args)
-        fit, report, unknown = r["fit"], r["report"], r["report"]["unknown"]
-        cal = report["calibration"]
-        print(f"\n## left out: {left_out} ({unknown['scores'][unknown['shipped']]['unknown_images']} unknown frames, "
-              f"{report['num_samples']} known test frames, test macro-F1 {report['macro avg']['f1']:.3f})")
-        print(f"val ({fit['val_images']} images): NLL {fit['nll_before']:.3f} -> {fit['nll_after']:.3f}, "
-              f"ECE {fit['ece_before']:.3f} -> {fit['ece_after']:.3f}; test: NLL {cal['nll_before']:.3f} -> "
-              f"{cal['nll_after']:.3f}, ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f} (T = {cal['temperature']:.3f}); "
-              f"ECE of a perfectly calibrated model on these test confidences: {ece_floor(WORK / f'openset-{left_out}' / 'eval' / 'predictions.csv'):.3f}")
-        print("| score | AUROC | FPR at 95% known accepted | known test accepted at threshold | unknown rejected at threshold |")
-        print("|---|---|---|---|---|")
-        for name, s in unknown["scores"].items():
-            at = f"{s['known_accepted']:.1%} | {s['unknown_rejected']:.1%}" if s.get("threshold") is not None else " | "
-            print(f"| {name}{' (shipped)' if name == unknown['shipped'] else ''} | {s['auroc']:.3f} | {s['fpr_at_95_known']:.3f} | {at} |")
+    left_out = sorted(p.name for p in (sample / "simpsons_dataset").iterdir()) if args.leave_out == ["all"] else args.leave_out
+    results: dict[str, dict] = {}
+    in_parallel([lambda c=c: results.update({c: one(sample, c, args)}) for c in left_out], args.slots)
+    for c in left_out:
+        if c in results:
+            print_one(results[c])
+    if results:
+        print(summary([results[c] for c in left_out if c in results]))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ flip, and the reviews move frames between the splits). Prints val macro-F1 per r
 and how many flips each review fixed (and how many right labels it broke).
 
     .venv/bin/python bench/bench_review.py [--seeds 0 1 2 --arch resnet18 --weights none --image-size 96 --epochs 12
-                                            --folds 4 --device auto --train-args "--workers 2"]
+                                            --folds 4 --device auto --slots 1 --train-args "--workers 2"]
 
 Each run's files stay under bench/.work/review/<settings>/ and finished steps are reused, so an
 interrupted run continues. ``--sample`` points at another data set in the Kaggle layout (a
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import polars as pl
 
-from bench_audit import flipped_sample, simpsons
-from common import SAMPLE, WORK
+from bench_audit import flipped_sample
+from common import SAMPLE, WORK, in_parallel, simpsons
 
 REVIEWS = ("oracle", "accept-all")
 
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--epochs", default="12")
     parser.add_argument("--folds", default="4")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--slots", type=int, default=1, help="retraining runs at a time")
     parser.add_argument("--share", type=float, default=0.05, help="share of the labels flipped")
     parser.add_argument("--train-args", default="", help="more `simpsons train` options, as one string")
     parser.add_argument("--sample", type=Path, default=SAMPLE, help="the data set to flip (Kaggle layout)")
@@ -120,13 +121,15 @@ def main() -> None:
         fixed[name] = flips_fixed(pl.read_parquet(manifests[name]), flipped)
     frames = clean_val(manifests, work / "clean")
 
-    scores: dict[str, list[float]] = {}
-    for name in manifests:
-        for seed in args.seeds:
-            out = work / "eval" / f"{name}-seed{seed}"
-            simpsons("evaluate", "--checkpoint", train(name, seed), "--manifest", work / "clean" / "manifest.parquet",
-                     "--split", "val", "--out", out, "--device", args.device)
-            scores.setdefault(name, []).append(json.loads((out / "report.json").read_text())["macro avg"]["f1"])
+    def score(name: str, seed: int) -> float:
+        out = work / "eval" / f"{name}-seed{seed}"
+        simpsons("evaluate", "--checkpoint", train(name, seed), "--manifest", work / "clean" / "manifest.parquet",
+                 "--split", "val", "--out", out, "--device", args.device)
+        return json.loads((out / "report.json").read_text())["macro avg"]["f1"]
+
+    found: dict[tuple[str, int], float] = {}
+    in_parallel([lambda n=name, s=seed: found.update({(n, s): score(n, s)}) for name in manifests for seed in args.seeds], args.slots)
+    scores = {name: [found[name, seed] for seed in args.seeds if (name, seed) in found] for name in manifests}
 
     print(f"{len(flipped)} labels flipped ({len(usable)} usable: K = {len(usable)}); {args.arch} {args.weights} {args.image_size} px, "
           f"{args.epochs} epochs, audit --folds {args.folds}; val macro-F1 on {frames} frames under their true classes\n")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = Path(os.environ.get("SIMPSONS_SAMPLE", REPO.parent / "shared" / "data" / "simpsons-sample"))
@@ -55,3 +58,33 @@ def sample_manifest() -> Path:
 
 def files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def simpsons(*args) -> float:
+    """Run ``simpsons ARGS`` in its own process; exits with its stderr if it fails; returns seconds."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+    if done.returncode:
+        sys.exit(f"failed: simpsons {' '.join(map(str, args))}\n{done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def in_parallel(jobs: list[Callable[[], None]], slots: int, deadline: float | None = None) -> int:
+    """Run ``jobs`` (in order of priority) ``slots`` at a time; none starts after ``deadline``
+    seconds from now, so a run on a lent machine ends with what it finished, and a job that
+    fails is reported on stderr without stopping the others. Returns how many finished."""
+    stop = time.monotonic() + deadline if deadline else float("inf")
+
+    def guarded(job: Callable[[], None]) -> bool:
+        if time.monotonic() > stop:
+            return False
+        try:
+            job()
+        except SystemExit as e:
+            print(e, file=sys.stderr, flush=True)
+            return False
+        return True
+
+    with ThreadPoolExecutor(slots) as pool:
+        return sum(pool.map(guarded, jobs))
