@@ -40,6 +40,8 @@ ROWS = {  # in order of priority: a lent machine's deadline cuts the last
     "cpu-128-7ep": {"epochs": 7},
     "cpu-160-from16-8ep": {"image_size": 160, "train_from": 16, "epochs": 8},
     "cpu-224-from32-8ep": {"image_size": 224, "train_from": 32, "epochs": 8},
+    "cpu-224-from32-8ep-aug-none": {"image_size": 224, "train_from": 32, "epochs": 8, "augment": "none"},
+    "cpu-224-from32-8ep-backbone-1": {"image_size": 224, "train_from": 32, "epochs": 8, "backbone_lr": 1.0},
     "from-32": {"train_from": 32},
     "size-224": {"image_size": 224},
 }
@@ -71,14 +73,26 @@ def small_val_copies(manifest: Path) -> Path:
     return root
 
 
+def finished(out: Path, epochs: int) -> bool:
+    """A training that ran all its epochs and calibrated best.pt (its evaluation may have failed)."""
+    import torch
+
+    history = out / "history.json"
+    if not history.is_file() or len(json.loads(history.read_text())) < epochs:
+        return False
+    return bool(torch.load(out / "best.pt", weights_only=True).get("calibration", {}).get("fit"))
+
+
 def run(name: str, seed: int, args, manifest: Path, small: Path) -> None:
     out = WORK / "finetune" / name / str(seed)
-    shutil.rmtree(out, ignore_errors=True)
     flags = [x for k, v in options(name).items() for x in (f"--{k.replace('_', '-')}", v)]
     common = ["--manifest", manifest, "--data-root", SAMPLE, "--workers", args.workers, "--device", args.device]
-    start = time.perf_counter()
-    simpsons("train", *common[:4], "--out", out, "--seed", seed, *flags, *common[4:])
-    seconds = time.perf_counter() - start
+    seconds = None  # a finished training is evaluated, not repeated; its time is unknown
+    if not finished(out, options(name)["epochs"]):
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        simpsons("train", *common[:4], "--out", out, "--seed", seed, *flags, *common[4:])
+        seconds = time.perf_counter() - start
     simpsons("evaluate", "--checkpoint", out / "best.pt", "--split", "val", "--out", out / "eval-small", "--manifest", manifest,
              "--data-root", small, "--workers", args.workers, "--device", args.device)
     history = json.loads((out / "history.json").read_text())
@@ -88,7 +102,12 @@ def run(name: str, seed: int, args, manifest: Path, small: Path) -> None:
               "val_small_macro_f1": small_f1, "seconds": seconds, "device": args.device, "options": ROWS[name]}
     with args.results.open("a") as f:
         f.write(json.dumps(result) + "\n")
-    print(f"{name} seed {seed}: val macro-F1 {result['val_macro_f1']:.3f} (small copies {small_f1:.3f}) in {seconds:.0f}s", flush=True)
+    print(f"{name} seed {seed}: val macro-F1 {result['val_macro_f1']:.3f} (small copies {small_f1:.3f}) in {seconds or 0:.0f}s", flush=True)
+
+
+def time_per_run(rows: list[dict]) -> str:
+    timed = [r["seconds"] for r in rows if r["seconds"] is not None]
+    return f"{statistics.median(timed):.0f} s ({rows[0]['device']})" if timed else "-"
 
 
 def table(rows: list[dict]) -> str:
@@ -102,7 +121,7 @@ def table(rows: list[dict]) -> str:
         changed = ", ".join(f"{k}={v}" for k, v in ROWS[name].items()) or "nothing"
         lines.append(f"| {name} | {changed} | {statistics.mean(f1):.3f} | {min(f1):.3f}-{max(f1):.3f} | {statistics.mean(small):.3f} | "
                      f"{len(f1)} | {statistics.median(r['best_epoch'] for r in mine):.0f} | "
-                     f"{statistics.median(r['seconds'] for r in mine):.0f} s ({mine[0]['device']}) |")
+                     f"{time_per_run(mine)} |")
     return "\n".join(lines)
 
 
@@ -111,7 +130,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--slots", type=int, default=1, help="runs at a time")
-    parser.add_argument("--workers", default="-1", help="data-loader processes per run")
+    parser.add_argument("--workers", default="2", help="data-loader processes per run")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--deadline", type=float, default=None, help="start no run after this many seconds")
     parser.add_argument("--results", type=Path, default=RESULTS)
