@@ -1,13 +1,19 @@
 """One bounded, order-keeping parallel map: used by the runtime's decoding and the data
-engine's fingerprinting alike; and how many cores there are to run it on."""
+engine's fingerprinting alike; how many cores there are to run it on; and worker processes
+that end with their parent."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import TypeVar
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,3 +43,17 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Called first thing in a worker process that ``parent`` (its pid) forked: the kernel
+    kills the worker (SIGKILL) the moment its parent ends, however it ends. A command killed
+    with SIGKILL cannot stop its workers: a data loader's polled for their parent only every
+    5 s. If the parent ended before this call, the worker ends now. The signal follows the
+    thread that forked the worker, so only workers forked by a thread that lives as long as
+    its process may call this (the main thread's). Linux only; elsewhere it does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # reparented already: the parent is gone
+        os._exit(1)

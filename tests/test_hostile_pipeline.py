@@ -367,6 +367,29 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def running(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running: a zombie (ended, not yet reaped by whoever adopted it)
+    holds no memory and no file, and does not count."""
+    def state(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:  # gone
+            return "X"
+    return {p for p in pids if state(p) not in ("Z", "X")}
+
+
+def survivors(pids: set[int], within: float) -> set[int]:
+    """Those of ``pids`` still running after ``within`` seconds; killed, so that a failing test
+    leaves nothing behind."""
+    deadline = time.monotonic() + within
+    while running(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = running(pids)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    return alive
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes from Linux's /proc")
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 @pytest.mark.timeout(120)
@@ -395,13 +418,61 @@ def test_a_killed_manifest_leaves_no_process_behind(tmp_path: Path, signum: int)
     assert run.poll() is None and len(children) >= 3, "the run ended before its worker processes could be seen"
     run.send_signal(signum)
     run.wait(timeout=60)
-    deadline = time.monotonic() + 10
-    while {c for c in children if Path(f"/proc/{c}").exists()} and time.monotonic() < deadline:
-        time.sleep(0.2)
-    alive = {c for c in children if Path(f"/proc/{c}").exists()}
-    for c in alive:
-        os.kill(c, signal.SIGKILL)
-    assert not alive, "processes left behind"
+    assert not survivors(children, within=10), "processes left behind"
     err = (tmp_path / "stderr.txt").read_text()
     if signum == signal.SIGTERM:
         assert run.returncode == 130 and "Traceback" not in err, (run.returncode, err[-500:])
+
+
+def test_a_forked_child_does_not_hold_its_parents_lock(tmp_path: Path):
+    """A forked child shares its parent's flock: orphaned data-loader workers kept a killed
+    training's run folder locked."""
+    import multiprocessing
+
+    from runtime.files import BusyError, Lock
+
+    lock = Lock(tmp_path / "last.pt")
+    fork = multiprocessing.get_context("fork")
+    started = fork.Event()
+    child = fork.Process(target=lambda: started.set() or time.sleep(60))  # forked: the target is not pickled
+    child.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(BusyError):
+            Lock(tmp_path / "last.pt")  # still the parent's
+        lock.release()
+        Lock(tmp_path / "last.pt").release()  # the child, alive, holds nothing
+    finally:
+        child.kill()
+        child.join()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes from Linux's /proc")
+@pytest.mark.timeout(180)
+def test_a_training_killed_mid_epoch_leaves_no_worker_and_can_resume_at_once(trained: dict, tmp_path: Path):
+    """After kill -9 of `simpsons train`, its orphaned data-loader workers lived on for up to
+    5 s, holding the run folder's lock: `--resume` was refused as "being written by another run"."""
+    from runtime.files import Lock
+
+    run_dir = tmp_path / "run"
+    options = list(TINY)
+    options[options.index("--workers") + 1] = "2"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "train", "--manifest", trained["manifest"], "--out", run_dir, *options,
+                            "--epochs", "100"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    workers = set()
+    while not (run_dir / "last.pt").is_file() and run.poll() is None:  # epoch 1 done: the workers are at epoch 2's images
+        workers |= descendants(run.pid)
+        time.sleep(0.05)
+    workers |= descendants(run.pid)
+    assert run.poll() is None and len(workers) >= 2, "the training ended before its workers could be seen"
+    run.kill()
+    run.wait()
+    Lock(run_dir / "last.pt").release()  # free at once, though the workers may take a moment to die
+    assert not survivors(workers, within=1), "data-loader workers outlived the killed training"  # torch's own check: every 5 s
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "epochs": 2}))  # one epoch left
+    resumed = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--resume", run_dir], cwd=REPO, capture_output=True,
+                             text=True, env=env, timeout=150)
+    assert resumed.returncode == 0, resumed.stderr[-800:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from runtime.errors import SimpsonsError
 from runtime.listing import display_path
+from runtime.parallel import die_with_parent
 from runtime.preprocess import ImageError
 
 log = logging.getLogger("simpsons.data")
@@ -121,8 +123,15 @@ class EpochSampler(Sampler[tuple[int, int, int | None]]):
         return self.per_rank
 
 
+def _start_worker(parent: int, worker_id: int) -> None:
+    """A data-loader worker ends with the process that forked it: orphaned by ``kill -9`` of a
+    training, workers lived on for seconds (torch polls for the parent every 5 s)."""
+    die_with_parent(parent)
+
+
 def loader(dataset: Dataset, batch_size: int, workers: int, sampler: Sampler | None = None, pin: bool = False) -> DataLoader:
-    """Decoding in worker processes that stay alive between epochs; pinned memory for CUDA."""
+    """Decoding in worker processes that stay alive between epochs and end with this process;
+    pinned memory for CUDA."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -132,5 +141,6 @@ def loader(dataset: Dataset, batch_size: int, workers: int, sampler: Sampler | N
         pin_memory=pin,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=functools.partial(_start_worker, os.getpid()),
         drop_last=False,
     )
