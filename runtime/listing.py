@@ -43,7 +43,9 @@ _SORTED = functools.partial(sorted, key=lambda entry: os.fsencode(entry.name))
 class Listing:
     """Image files under ``paths`` (files named directly are taken as they are), in a stable
     order, produced as they are consumed; ``skipped`` counts the non-image files passed over.
-    ``wanted`` (a file name -> bool) chooses other files: the data engine lists every one.
+    ``wanted`` (a file name -> bool) chooses other files: the data engine lists every one;
+    ``descend`` (a folder -> bool) says which subfolders to walk: the data engine leaves out
+    the folders that hold its own output.
 
     Folders are walked depth first in sorted order, on a stack of their own (1,100 nested
     folders are no RecursionError), each folder once: a symbolic link back to a folder already
@@ -51,11 +53,12 @@ class Listing:
     unreadable folder, a broken link, a FIFO, socket or device, which would block a reader)
     is a warning line naming it, and the walk goes on."""
 
-    def __init__(self, paths: Sequence[Path], recursive: bool = True, wanted: Callable[[str], bool] = is_image_name):
+    def __init__(self, paths: Sequence[Path], recursive: bool = True, wanted: Callable[[str], bool] = is_image_name,
+                 descend: Callable[[Path], bool] = lambda folder: True):
         missing = [p for p in paths if not p.exists()]
         if missing:
             raise FileNotFoundError(f"{display_path(missing[0])}: no such file or folder")
-        self.paths, self.recursive, self.wanted, self.skipped = list(paths), recursive, wanted, 0
+        self.paths, self.recursive, self.wanted, self.descend, self.skipped = list(paths), recursive, wanted, descend, 0
         self._warned: set[str] = set()  # the listing may be walked twice (a first file, then all): each warning once
         self._odd_named = False  # names that are not text: one warning for all
 
@@ -95,7 +98,7 @@ class Listing:
                 self._warn(f"{display_path(path)}: cannot read ({e.strerror or e}); skipped")
                 continue
             if folder:
-                if self.recursive:
+                if self.recursive and self.descend(path):
                     stack.append(self._entries(path, walked))
             elif regular:
                 if self.wanted(entry.name):

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.conftest import TINY, easy_dataset, invoke
+from tests.conftest import EASY_CLASSES, TINY, easy_dataset, invoke
 from tests.test_hostile_runtime import flat_png, jpeg_with_mistyped_exif, tiff_with_float_offset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -321,6 +321,26 @@ def test_normalisation_statistics_do_not_depend_on_the_row_order():
                           "pixel_sq_mean": moments[:, 3:].tolist()})
     results = {repr(channel_stats(table.sample(fraction=1.0, shuffle=True, seed=seed).lazy())) for seed in range(6)}
     assert len(results) == 1, results
+
+
+def warned(result, *words: str) -> list[str]:
+    """The warning lines of a command's stderr that hold every one of ``words``."""
+    return [line for line in result.stderr.splitlines() if "warning" in line and all(w in line for w in words)]
+
+
+@pytest.mark.parametrize("inside", ["simpsons_dataset/out", "simpsons_dataset/agnes_skinner/out"])
+def test_a_manifests_output_inside_the_data_is_never_data(data: Path, tmp_path: Path, inside: str):
+    """`--out` inside the data root: the next run learnt a class "out" from the charts, or took
+    them for pictures of the class holding them."""
+    out = data / inside
+    for run, (where, why) in enumerate([(out, "the output folder (--out)"), (out, "the output folder (--out)"),
+                                        (tmp_path / "elsewhere", "holds an earlier manifest's output")]):
+        result = invoke("manifest", data, "--out", where)
+        assert result.exit_code == 0, (result.output, result.exception)
+        df = pl.read_parquet(where / "manifest.parquet")
+        assert json.loads((where / "stats.json").read_text())["classes"] == list(EASY_CLASSES)
+        assert not df.filter(pl.col("path").str.contains("/out/")).height and df["label"].is_in(EASY_CLASSES).all()
+        assert len(warned(result, str(out), why)) == (run > 0), result.stderr
 
 
 @pytest.mark.parametrize("missing", ["manifest.parquet", "stats.json"])

@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 import xxhash
 
-from pipeline.engine.schema import COLUMNS, USABLE, Split, Status
+from pipeline.engine.schema import COLUMNS, MANIFEST, STATS, USABLE, Split, Status
 from pipeline.engine import dedupe, split, stats
 from pipeline import figures
 from pipeline.engine.fingerprint import BAD_NAME, FINGERPRINT_SCHEMA, FINGERPRINT_VERSION, KEY, fingerprint
@@ -33,8 +33,6 @@ from runtime.parallel import usable_cores
 from runtime.progress import progress
 
 log = logging.getLogger("simpsons.manifest")
-MANIFEST = "manifest.parquet"
-STATS = "stats.json"
 CACHE_CHUNK = 256  # files fingerprinted between two cache saves
 DECIDED_ON = ["status", "reason", "hash", "phash"]  # the fingerprint columns the decisions read (thumbnails: dedupe.thumbnails)
 CARRIED = ["hash", "format", "width", "height", "pixel_mean", "pixel_sq_mean"]  # into the manifest as they are
@@ -102,7 +100,7 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
     status and one warning line each; nothing here stops on a bad file. ``chunk`` files are
     fingerprinted between two cache saves; ``show`` wraps the fingerprinting's iterator (a
     progress bar)."""
-    files, empty = scan(data_root)
+    files, empty = scan(data_root, out_dir)
     check_writable(out_dir)
     with Lock(out_dir / MANIFEST), _cache_lock(data_root):  # a second run into the same folder is refused, not interleaved
         fingerprints = _fingerprints(data_root, files, workers, ray, chunk, show)

@@ -25,6 +25,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+MANIFEST = "manifest.parquet"  # the files a manifest run writes into its output folder
+STATS = "stats.json"
+
 
 class Status(StrEnum):
     OK = "ok"  # a readable image with a known class: used
