@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -19,21 +20,53 @@ class ResumeError(SimpsonsError):
     """An earlier run's output cannot be continued."""
 
 
+SEPARATOR_IS_BACKSLASH = os.sep == "\\"  # Windows: a backslash is never part of a name, so it is shown as it is
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
+
+
+def _shown(c: str) -> str:
+    if c == "\\":
+        return c if SEPARATOR_IS_BACKSLASH else "\\\\"
+    if 0xDC80 <= ord(c) <= 0xDCFF:  # a byte that is not UTF-8, as Python holds it
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    if c.isprintable():
+        return c
+    return f"\\x{ord(c):02x}" if ord(c) < 0x80 else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
+
+
 def display_path(path: str | os.PathLike) -> str:
-    """A file name as text that any output format can hold: bytes that are not UTF-8 become
-    ``\\xNN`` (Python keeps them as surrogates, which UTF-8 writers refuse) and line breaks and
-    other control characters are escaped, so a CSV row stays one line. Ordinary names are
-    unchanged; escaped ones are reversible (``\\x`` sequences back to their bytes)."""
+    """A file name as text that any output format can hold: a byte that is not UTF-8 becomes
+    ``\\xNN`` (80 to ff; Python keeps it as a surrogate, which UTF-8 writers refuse), a line
+    break or other control character ``\\xNN`` (below 80) or ``\\uNNNN``, so a CSV row stays
+    one line, and a backslash ``\\\\``: two different names are never shown alike (a file
+    literally named ``a\\xff.jpg`` and one with the byte ff were, and one of them was lost).
+    Ordinary names are unchanged; ``from_display`` reverses it. (On Windows the backslash
+    separates folders, is never part of a name, and is shown as it is.)"""
     text = os.fspath(path)
-    if text.isprintable():
+    if text.isprintable() and (SEPARATOR_IS_BACKSLASH or "\\" not in text):
         return text
-    raw = os.fsencode(text)
-    escaped = raw.decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else c.encode("unicode_escape").decode() for c in escaped)
+    return "".join(map(_shown, text))
+
+
+def from_display(shown: str) -> str:
+    """The name ``display_path`` shows as ``shown``: what opens the file a manifest row names."""
+    if "\\" not in shown:  # nothing escaped: most names
+        return shown
+
+    def one(escape: re.Match) -> str:
+        code = escape.group(1)
+        if code == "\\":
+            return code
+        value = int(code[1:], 16)
+        return chr(0xDC00 + value if code[0] == "x" and value >= 0x80 else value)
+
+    return _ESCAPE.sub(one, shown)
 
 
 def odd_name(path: str | os.PathLike) -> bool:
-    return display_path(path) != os.fspath(path)
+    """The name is not printable text (a byte that is not UTF-8, a control character): shown
+    escaped, it is not the text other programs would read or write for it."""
+    return not os.fspath(path).isprintable()
 
 
 log = logging.getLogger("simpsons.listing")

@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 
 from tests.conftest import EASY_CLASSES, TINY, easy_dataset, invoke
-from tests.test_hostile_runtime import flat_png, jpeg_with_mistyped_exif, tiff_with_float_offset
+from tests.test_hostile_runtime import flat_png, jpeg_with_mistyped_exif, lookalikes, tiff_with_float_offset
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -341,6 +341,23 @@ def test_a_manifests_output_inside_the_data_is_never_data(data: Path, tmp_path: 
         assert json.loads((where / "stats.json").read_text())["classes"] == list(EASY_CLASSES)
         assert not df.filter(pl.col("path").str.contains("/out/")).height and df["label"].is_in(EASY_CLASSES).all()
         assert len(warned(result, str(out), why)) == (run > 0), result.stderr
+
+
+@pytest.mark.skipif(os.sep == "\\", reason="on Windows a backslash separates folders and is shown as it is")
+def test_two_names_once_shown_alike_are_two_rows_of_the_manifest(data: Path, tmp_path: Path):
+    """A file literally named ``lit_\\xff.jpg`` and one with the byte ff were shown alike, and the
+    manifest kept one row of the two."""
+    from pipeline.training.datasets import ManifestDataset
+
+    literal, raw = lookalikes(data / "simpsons_dataset" / "agnes_skinner")
+    result = invoke("manifest", data, "--out", tmp_path / "m", "--no-plots")
+    assert result.exit_code == 0, (result.output, result.exception)
+    df = pl.read_parquet(tmp_path / "m" / "manifest.parquet").filter(pl.col("path").str.contains("/lit_"))
+    assert df["path"].to_list() == ["simpsons_dataset/agnes_skinner/lit_\\\\xff.jpg", "simpsons_dataset/agnes_skinner/lit_\\xff.jpg"]
+    read, bad = df.to_dicts()
+    assert (read["status"], read["width"], read["size_bytes"]) == ("ok", 40, literal.stat().st_size)  # the literal file, read
+    assert ManifestDataset(df.head(1), data, list(EASY_CLASSES), lambda path, *_: path)[0][0] == str(literal)  # what training opens
+    assert (bad["status"], bad["size_bytes"]) == ("bad_name", raw.stat().st_size)
 
 
 @pytest.mark.parametrize("missing", ["manifest.parquet", "stats.json"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.engine.schema import PICTURES, Split, Status
+from pipeline.engine.schema import PICTURES, Split, Status, on_disk
 from pipeline.engine import manifest as manifest_io
 from pipeline.writers import atomic_write
 from runtime.writers import spreadsheet_safe
@@ -255,7 +255,7 @@ def run(out_dir: Path, checkpoint: Path | None = None, folds: int = 0, workers: 
         parts += label_issues_section(issues, misclassified)
         write_issues(out_dir / ISSUES, issues)
     shown = {item.path for s in parts for b in s.blocks for item in b.items if item.thumbnail}
-    thumbs = {p: thumbnail(root / p) for p in sorted(shown)}
+    thumbs = {p: thumbnail(on_disk(root, p)) for p in sorted(shown)}
     gone = sum(uri == MISSING for uri in thumbs.values())
     if gone:
         log.warning("%d file(s) listed in the manifest are gone or unreadable: shown as placeholders", gone)

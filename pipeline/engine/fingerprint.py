@@ -26,7 +26,7 @@ import polars as pl
 import xxhash
 from PIL import Image
 
-from pipeline.engine.schema import Status
+from pipeline.engine.schema import Status, on_disk
 from runtime.labels import is_image_name
 from runtime.parallel import in_order
 from runtime.preprocess import ImageError, NotAnImageError, decoding, opened, orientation, to_rgb
@@ -161,7 +161,7 @@ def fingerprint_file(root: Path, file: dict) -> dict:
     if file.get("bad_name"):
         return {**key, "status": Status.BAD_NAME.value, "reason": BAD_NAME, "hash": None}
     try:
-        with open(root / key["path"], "rb") as fp:
+        with open(on_disk(root, key["path"]), "rb") as fp:
             return {**key, **fingerprint_stream(fp, key["path"])}
     except OSError as e:  # opening or hashing it: the decoding turns its own failures into rows
         return {**key, **_failure(Status.UNREADABLE, f"cannot read: {e.strerror or e}")}

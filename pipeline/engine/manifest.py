@@ -60,7 +60,7 @@ def decide(files: pl.DataFrame, fingerprints: pl.LazyFrame, config: ManifestConf
     it is written. Rows side by side, never joined: a join would hold both tables."""
     narrow = fingerprints.select(*DECIDED_ON).with_columns(pl.col("hash").str.to_integer(base=16, dtype=pl.UInt64))
     df = pl.concat([files.select("path", "source", "label", "size_bytes", "bad_name"), narrow.collect()], how="horizontal")
-    df = df.with_columns(  # the scan's word, not the cache's: a name escaped like another's shares its key
+    df = df.with_columns(  # the scan's word, not the cache's: an older cache (escaping was not one to one) may hold another name's row here
         pl.when(pl.col("bad_name")).then(pl.lit(Status.BAD_NAME)).otherwise(pl.col("status")).alias("status"),
         pl.when(pl.col("bad_name")).then(pl.lit(BAD_NAME)).otherwise(pl.col("reason")).alias("reason"),
     ).drop("bad_name")

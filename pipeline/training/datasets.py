@@ -13,6 +13,7 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pipeline.engine.schema import on_disk
 from runtime.errors import SimpsonsError
 from runtime.listing import display_path
 from runtime.parallel import die_with_parent
@@ -47,7 +48,7 @@ class ManifestDataset(Dataset):
 
     def __init__(self, rows: pl.DataFrame, root: Path, classes: list[str], transform: Callable):
         index = {c: i for i, c in enumerate(classes)}
-        self.paths = [os.path.join(root, p) for p in rows["path"]]
+        self.paths = [os.fspath(on_disk(root, p)) for p in rows["path"]]
         self.targets = [index[label] for label in rows["label"]]
         self.transform = transform
 
