@@ -2,9 +2,11 @@
 table: exit code, peak memory (VmHWM of the command's own process), whether a traceback was
 printed, whether the earlier output survived, and what a rerun found.
 
-    .venv/bin/python bench/bench_reliability.py [--model bench/.work/portable/model.onnx] [--cases 23]
+    .venv/bin/python bench/bench_reliability.py [--model bench/.work/portable/model.onnx] [--cases 23|pipeline]
 
-``--cases 23`` runs only the runtime cases of issue #23 (a minute; the others take longer).
+``--cases 23`` runs only the cases of issue #23 (a few minutes; the others take longer);
+``--cases pipeline`` only its pipeline cases, which make their own data and need neither the
+real sample nor a model (a minute).
 """
 
 from __future__ import annotations
@@ -58,21 +60,24 @@ def started(tool: str, *args) -> subprocess.Popen:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, default=WORK / "portable" / "model.onnx")
-    parser.add_argument("--cases", choices=("all", "23"), default="all", help="every case, or the runtime cases of issue #23 alone")
+    parser.add_argument("--cases", choices=("all", "23", "pipeline"), default="all",
+                        help="every case, the cases of issue #23 alone, or its pipeline cases alone (no sample, no model)")
     args = parser.parse_args()
-    require_sample()
-    if not args.model.is_file():
-        sys.exit(f"{args.model}: no model (run bench/bench_portable.py first, or pass --model)")
     work = WORK / "reliability"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    frames = [p for p in files(SAMPLE / "simpsons_dataset") if p.suffix == ".jpg"]
     rows: list[tuple[str, ...]] = []
 
     def row(case: str, rc: int, peak: int, stderr: str, survived: str = "", note: str = "") -> None:
         rows.append((case, str(rc), f"{peak}" if peak >= 0 else "", "yes" if "Traceback" in stderr else "no", survived, note))
 
-    issue23(work / "issue23", args.model, frames, row)
+    if args.cases != "pipeline":
+        require_sample()
+        if not args.model.is_file():
+            sys.exit(f"{args.model}: no model (run bench/bench_portable.py first, or pass --model)")
+        frames = [p for p in files(SAMPLE / "simpsons_dataset") if p.suffix == ".jpg"]
+        issue23(work / "issue23", args.model, frames, row)
+    pipeline23(work / "pipeline", row)
     if args.cases == "all":
         issue15(work, args.model, frames, rows, row)
     print("| case | exit | peak MB | traceback | earlier output survived | what the run or rerun found |")
@@ -349,6 +354,38 @@ def issue23(work: Path, model: Path, frames: list[Path], row: Callable[..., None
     fuzz_folder(work / "fuzz", 300)
     rc, peak, err = run("simpsons-infer", work / "fuzz", "--model", model, "-o", work / "fuzz.csv", "-q")
     row("infer 3,300 damaged JPEG/PNG/TIFF/WebP/GIF/BMP files", rc, peak, err, note=f"{rows_in(work / 'fuzz.csv')} rows of 3300")
+
+
+def pipeline23(work: Path, row: Callable[..., None]) -> None:
+    """The pipeline's memory cases of issue #23: ``simpsons manifest`` and ``simpsons audit`` on
+    a data root whose class folder holds the memory bombs (a 16-bit PNG and an RGBA PNG of
+    13000x13000, a 12000x12000 JPEG) and a 1 GB notes.txt, among easy frames made here."""
+    from PIL import Image
+
+    from tests.conftest import easy_dataset
+    from tests.test_hostile_runtime import flat_png
+
+    data = easy_dataset(work / "data", per_class=30, test_per_class=4)
+    folder = data / "simpsons_dataset" / "agnes_skinner"
+    flat_png(folder / "deep.png", 13000, 13000, "I;16")
+    flat_png(folder / "alpha.png", 13000, 13000, "RGBA")
+    Image.new("RGB", (12000, 12000), (200, 40, 40)).save(folder / "huge.jpg", quality=80)
+    with open(folder / "notes.txt", "wb") as f:
+        f.truncate(1 << 30)  # sparse: read as 1 GB of zeros, stored as nothing
+    os.environ["SIMPSONS_CACHE"] = str(work / "cache")  # a cold run: every file is read
+    out = work / "manifest"
+    rc, peak, err = run("simpsons", "manifest", data, "--out", out, "--no-plots")
+    planted = ("deep.png", "alpha.png", "huge.jpg", "notes.txt")
+    found = {}
+    if (out / "manifest.parquet").is_file():
+        import polars as pl
+
+        df = pl.read_parquet(out / "manifest.parquet")
+        found = {Path(p).name: status for p, status in zip(df["path"], df["status"]) if Path(p).name in planted}
+    row("manifest: 16-bit and RGBA PNGs of 13000x13000, a 12000x12000 JPEG, a 1 GB notes.txt in a class folder", rc, peak, err,
+        note=", ".join(f"{name} {found.get(name, 'no row')}" for name in planted))
+    rc, peak, err = run("simpsons", "audit", out)
+    row("audit of that manifest", rc, peak, err, note=last_line(err))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 from export.config import OPSET, ExportConfig
 from export.quantize import convert_fp16, quantize_int8
 from pipeline.engine.manifest import Manifest, read as read_manifest
-from pipeline.engine.schema import Split
+from pipeline.engine.schema import Split, on_disk
 from pipeline.training.checkpoint import load_model
 from pipeline.training.inference import check_classes, usable_rows
 from pipeline.training.network import Network
@@ -28,6 +28,7 @@ from pipeline.writers import atomic_write, write_json
 from runtime.classifier import Classifier
 from runtime.errors import SimpsonsError
 from runtime.files import check_writable
+from runtime.listing import display_path
 from runtime.metadata import (
     FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, Preprocessing, encode, sidecar, sidecar_path,
 )
@@ -70,10 +71,11 @@ def sample_split(manifest: Manifest, root: Path, split: Split, classes: list[str
         rows = rows.sample(limit, seed=seed).sort("path")
     if not len(rows):
         raise ExportError(f"no usable {split} images in the manifest to verify or calibrate with")
-    missing = [p for p in rows["path"] if not (root / p).is_file()]
+    paths = [on_disk(root, p) for p in rows["path"]]
+    missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise ExportError(f"{root / missing[0]}: {split} image not found ({len(missing)} missing; moved data? pass --data-root)")
-    return Sample([root / p for p in rows["path"]], rows["label"].to_list())
+        raise ExportError(f"{display_path(missing[0])}: {split} image not found ({len(missing)} missing; moved data? pass --data-root)")
+    return Sample(paths, rows["label"].to_list())
 
 
 def batches(sample: Sample, pre: Preprocessing, size: int) -> Iterator[np.ndarray]:

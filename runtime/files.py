@@ -12,6 +12,7 @@ import errno
 import glob
 import os
 import secrets
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -97,7 +98,12 @@ class Lock:
     """An exclusive ``flock`` on ``.NAME.lock`` beside an output, held until ``release``. The
     kernel drops it when the process dies, so a killed run never leaves a stale lock. Taken
     at once or refused (``BusyError``); with ``wait``, waited for. Keyed on the output's real
-    path: two runs writing one file through a symbolic link and its target exclude each other."""
+    path: two runs writing one file through a symbolic link and its target exclude each other.
+
+    The lock is the process's own, never its forked children's (``_drop_inherited_locks``).
+    ``flock`` rather than POSIX record locks (``lockf``), which forked children would not
+    inherit either: those are per process, so a second ``Lock`` on one output in the same
+    process would be granted, and closing any descriptor of the file would drop them."""
 
     def __init__(self, path: Path, wait: bool = False):
         self.file = None
@@ -111,14 +117,36 @@ class Lock:
         except BlockingIOError:
             self.file.close()
             raise BusyError(f"{shown} is being written by another run; wait for it to finish or choose another output") from None
+        _held.add(self)
 
     def release(self) -> None:
         if self.file is not None:
             self.file.close()  # closing drops the lock
             self.file = None
+        _held.discard(self)
 
     def __enter__(self) -> Lock:
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+_held: weakref.WeakSet[Lock] = weakref.WeakSet()  # this process's locks
+
+
+def _drop_inherited_locks() -> None:
+    """In a child just forked (a data loader's worker): close its copies of the parent's lock
+    files. A forked child shares the parent's ``flock``, which lasts until every copy is
+    closed: workers orphaned by ``kill -9`` of ``simpsons train`` kept the run folder locked
+    and refused ``--resume`` for seconds. Closing a copy leaves the parent's lock held; a
+    child never releases what it does not own. (Programs a child execs get no copy: Python
+    opens files close-on-exec.)"""
+    for lock in list(_held):
+        lock.file.close()
+        lock.file = None
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork and no flock here
+    os.register_at_fork(after_in_child=_drop_inherited_locks)

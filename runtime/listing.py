@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -19,21 +20,53 @@ class ResumeError(SimpsonsError):
     """An earlier run's output cannot be continued."""
 
 
+SEPARATOR_IS_BACKSLASH = os.sep == "\\"  # Windows: a backslash is never part of a name, so it is shown as it is
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
+
+
+def _shown(c: str) -> str:
+    if c == "\\":
+        return c if SEPARATOR_IS_BACKSLASH else "\\\\"
+    if 0xDC80 <= ord(c) <= 0xDCFF:  # a byte that is not UTF-8, as Python holds it
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    if c.isprintable():
+        return c
+    return f"\\x{ord(c):02x}" if ord(c) < 0x80 else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
+
+
 def display_path(path: str | os.PathLike) -> str:
-    """A file name as text that any output format can hold: bytes that are not UTF-8 become
-    ``\\xNN`` (Python keeps them as surrogates, which UTF-8 writers refuse) and line breaks and
-    other control characters are escaped, so a CSV row stays one line. Ordinary names are
-    unchanged; escaped ones are reversible (``\\x`` sequences back to their bytes)."""
+    """A file name as text that any output format can hold: a byte that is not UTF-8 becomes
+    ``\\xNN`` (80 to ff; Python keeps it as a surrogate, which UTF-8 writers refuse), a line
+    break or other control character ``\\xNN`` (below 80) or ``\\uNNNN``, so a CSV row stays
+    one line, and a backslash ``\\\\``: two different names are never shown alike (a file
+    literally named ``a\\xff.jpg`` and one with the byte ff were, and one of them was lost).
+    Ordinary names are unchanged; ``from_display`` reverses it. (On Windows the backslash
+    separates folders, is never part of a name, and is shown as it is.)"""
     text = os.fspath(path)
-    if text.isprintable():
+    if text.isprintable() and (SEPARATOR_IS_BACKSLASH or "\\" not in text):
         return text
-    raw = os.fsencode(text)
-    escaped = raw.decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else c.encode("unicode_escape").decode() for c in escaped)
+    return "".join(map(_shown, text))
+
+
+def from_display(shown: str) -> str:
+    """The name ``display_path`` shows as ``shown``: what opens the file a manifest row names."""
+    if "\\" not in shown:  # nothing escaped: most names
+        return shown
+
+    def one(escape: re.Match) -> str:
+        code = escape.group(1)
+        if code == "\\":
+            return code
+        value = int(code[1:], 16)
+        return chr(0xDC00 + value if code[0] == "x" and value >= 0x80 else value)
+
+    return _ESCAPE.sub(one, shown)
 
 
 def odd_name(path: str | os.PathLike) -> bool:
-    return display_path(path) != os.fspath(path)
+    """The name is not printable text (a byte that is not UTF-8, a control character): shown
+    escaped, it is not the text other programs would read or write for it."""
+    return not os.fspath(path).isprintable()
 
 
 log = logging.getLogger("simpsons.listing")
@@ -43,7 +76,9 @@ _SORTED = functools.partial(sorted, key=lambda entry: os.fsencode(entry.name))
 class Listing:
     """Image files under ``paths`` (files named directly are taken as they are), in a stable
     order, produced as they are consumed; ``skipped`` counts the non-image files passed over.
-    ``wanted`` (a file name -> bool) chooses other files: the data engine lists every one.
+    ``wanted`` (a file name -> bool) chooses other files: the data engine lists every one;
+    ``descend`` (a folder -> bool) says which subfolders to walk: the data engine leaves out
+    the folders that hold its own output.
 
     Folders are walked depth first in sorted order, on a stack of their own (1,100 nested
     folders are no RecursionError), each folder once: a symbolic link back to a folder already
@@ -51,11 +86,12 @@ class Listing:
     unreadable folder, a broken link, a FIFO, socket or device, which would block a reader)
     is a warning line naming it, and the walk goes on."""
 
-    def __init__(self, paths: Sequence[Path], recursive: bool = True, wanted: Callable[[str], bool] = is_image_name):
+    def __init__(self, paths: Sequence[Path], recursive: bool = True, wanted: Callable[[str], bool] = is_image_name,
+                 descend: Callable[[Path], bool] = lambda folder: True):
         missing = [p for p in paths if not p.exists()]
         if missing:
             raise FileNotFoundError(f"{display_path(missing[0])}: no such file or folder")
-        self.paths, self.recursive, self.wanted, self.skipped = list(paths), recursive, wanted, 0
+        self.paths, self.recursive, self.wanted, self.descend, self.skipped = list(paths), recursive, wanted, descend, 0
         self._warned: set[str] = set()  # the listing may be walked twice (a first file, then all): each warning once
         self._odd_named = False  # names that are not text: one warning for all
 
@@ -95,7 +131,7 @@ class Listing:
                 self._warn(f"{display_path(path)}: cannot read ({e.strerror or e}); skipped")
                 continue
             if folder:
-                if self.recursive:
+                if self.recursive and self.descend(path):
                     stack.append(self._entries(path, walked))
             elif regular:
                 if self.wanted(entry.name):

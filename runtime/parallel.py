@@ -1,13 +1,22 @@
 """One bounded, order-keeping parallel map: used by the runtime's decoding and the data
-engine's fingerprinting alike; and how many cores there are to run it on."""
+engine's fingerprinting alike; how many cores there are to run it on; worker processes that
+end with their parent; and interrupts held back while a pool starts one."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import TypeVar
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)  # what a command turns into KeyboardInterrupt
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,3 +46,37 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Called first thing in a worker process that ``parent`` (its pid) forked: the kernel
+    kills the worker (SIGKILL) the moment its parent ends, however it ends. A command killed
+    with SIGKILL cannot stop its workers: a data loader's polled for their parent only every
+    5 s. If the parent ended before this call, the worker ends now. The signal follows the
+    thread that forked the worker, so only workers forked by a thread that lives as long as
+    its process may call this (the main thread's). Linux only; elsewhere it does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # reparented already: the parent is gone
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Ctrl-C and SIGTERM received inside the block take effect when it ends, as they would
+    have: for a step that must not be cut in two, such as a process pool starting a worker
+    (see ``fingerprint.Processes``). Only the main thread runs signal handlers; elsewhere the
+    block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in INTERRUPTS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])  # now, to the handler the block deferred it from

@@ -74,6 +74,15 @@ def flat_png(path: Path, width: int, height: int, mode: str) -> Path:
     return path
 
 
+def lookalikes(folder: Path) -> tuple[Path, Path]:
+    """Two pictures whose names were shown as the same text: literally ``lit_\\xff.jpg`` (a
+    backslash, x, f, f; 40x30) and ``lit_`` with the byte ff, which is not UTF-8 (48x32)."""
+    literal, raw = folder / "lit_\\xff.jpg", folder / os.fsdecode(b"lit_\xff.jpg")
+    Image.new("RGB", (40, 30), RED).save(literal, format="JPEG")
+    Image.new("RGB", (48, 32), (30, 90, 200)).save(raw, format="JPEG")
+    return literal, raw
+
+
 # ----- models and folders -----
 
 @pytest.fixture(scope="module")
@@ -360,6 +369,38 @@ def test_csv_cells_that_look_like_formulas_are_text_and_resume_reads_them_back(t
     assert {r[2] for r in rows} == {"'=HYPERLINK(\"http://x\")"} and float(rows[0][4]) < 0  # numbers stay numbers
     assert infer(["--resume", *args]) == 0
     assert len(out.read_text().splitlines()) == 5  # the escaped last path was found: nothing added
+
+
+NAMES = ["plain.jpg", "a\\b.jpg", "a\\\\xff.jpg", "lit_\\xff.jpg", os.fsdecode(b"lit_\xff.jpg"), "c1_\x85.jpg",
+         os.fsdecode(b"raw_\x85.jpg"), "raw_\\x85.jpg", "line\nbreak.jpg", "line\\x0abreak.jpg", "sep\u2028.jpg", "sep\\u2028.jpg",
+         "smile\U0001f600.jpg", "tag\U000e0001.jpg", "tag\\U000e0001.jpg", "end\\"]
+
+
+@pytest.mark.skipif(os.sep == "\\", reason="on Windows a backslash separates folders and is shown as it is")
+def test_no_two_names_are_shown_alike_and_each_is_read_back():
+    from runtime.listing import display_path, from_display, odd_name
+
+    shown = [display_path(name) for name in NAMES]
+    assert len(set(shown)) == len(NAMES) and all(s.isprintable() for s in shown), shown
+    assert [from_display(s) for s in shown] == NAMES
+    assert shown[:2] == ["plain.jpg", "a\\\\b.jpg"] and shown[4] == "lit_\\xff.jpg" and shown[5] == "c1_\\u0085.jpg"
+    assert [odd_name(name) for name in NAMES[3:7]] == [False, True, True, True]  # a backslash is text; a lone byte or C1 control is not
+
+
+@pytest.mark.skipif(os.sep == "\\", reason="on Windows a backslash separates folders and is shown as it is")
+def test_two_names_once_shown_alike_are_two_rows_and_resume_tells_them_apart(model: Path, tmp_path: Path):
+    """A file literally named ``lit_\\xff.jpg`` and one with the byte ff were shown alike: two
+    rows of one path, and --resume after the second found the first and wrote the second again."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    lookalikes(folder)
+    out = tmp_path / "rows.csv"
+    args = [str(folder), "--model", str(model), "-o", str(out), "-q"]
+    assert infer(args) == 0
+    rows = read_rows(out)
+    assert [(r["path"], r["status"]) for r in rows] == [(f"{folder}/lit_\\\\xff.jpg", "ok"), (f"{folder}/lit_\\xff.jpg", "ok")]
+    assert infer([*args, "--resume"]) == 0  # nothing left to do
+    assert read_rows(out) == rows
 
 
 class FullStream(io.StringIO):

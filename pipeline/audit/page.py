@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.engine.schema import ACTIONS, PICTURES, Review, Split, Status
+from pipeline.engine.schema import ACTIONS, PICTURES, Review, Split, Status, on_disk
 from pipeline.engine import corrections, manifest as manifest_io
 from pipeline.engine.manifest import Manifest
 from pipeline.writers import atomic_write
@@ -333,7 +333,7 @@ def publish(out_dir: Path, manifest: Manifest, found: tuple[pl.DataFrame, list] 
         parts += label_issues_section(issues, misclassified)
         write_issues(out_dir / ISSUES, issues.join(manifest.table.select("path", "hash"), on="path", how="left", maintain_order="left"))
     shown = {item.path for s in parts for b in s.blocks for item in b.items if item.thumbnail}
-    thumbs = {p: thumbnail(root / p) for p in sorted(shown)}
+    thumbs = {p: thumbnail(on_disk(root, p)) for p in sorted(shown)}
     gone = sum(uri == MISSING for uri in thumbs.values())
     if gone:
         log.warning("%d file(s) listed in the manifest are gone or unreadable: shown as placeholders", gone)

@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,9 +26,9 @@ import polars as pl
 import xxhash
 from PIL import Image
 
-from pipeline.engine.schema import Status
+from pipeline.engine.schema import Status, on_disk
 from runtime.labels import is_image_name
-from runtime.parallel import in_order
+from runtime.parallel import deferred_interrupts, in_order
 from runtime.preprocess import ImageError, NotAnImageError, decoding, opened, orientation, to_rgb
 
 FINGERPRINT_VERSION = 3  # bump when any column's algorithm changes: the cache is keyed by it
@@ -161,7 +161,7 @@ def fingerprint_file(root: Path, file: dict) -> dict:
     if file.get("bad_name"):
         return {**key, "status": Status.BAD_NAME.value, "reason": BAD_NAME, "hash": None}
     try:
-        with open(root / key["path"], "rb") as fp:
+        with open(on_disk(root, key["path"]), "rb") as fp:
             return {**key, **fingerprint_stream(fp, key["path"])}
     except OSError as e:  # opening or hashing it: the decoding turns its own failures into rows
         return {**key, **_failure(Status.UNREADABLE, f"cannot read: {e.strerror or e}")}
@@ -191,6 +191,18 @@ def exit_with(command: int) -> None:
     threading.Thread(target=watch, name="exit-with-command", daemon=True).start()
 
 
+class Processes(ProcessPoolExecutor):
+    """A process pool that Ctrl-C or SIGTERM never interrupts half-way through starting a
+    worker. Workers start as work is submitted; a KeyboardInterrupt raised after a worker was
+    forked but before the pool recorded it left a worker the pool did not know: shutting down
+    sent one stop signal too few, the unknown worker could take it, and the command waited
+    for a known one forever, with the forkserver and the resource tracker."""
+
+    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
+        with deferred_interrupts():
+            return super().submit(fn, *args, **kwargs)
+
+
 def executor(files: int, workers: int) -> Executor:
     """Threads for small sets, processes for large ones. Decoding releases the GIL only in
     part (header parsing, the small numpy steps hold it), so processes win once their start-up
@@ -198,8 +210,7 @@ def executor(files: int, workers: int) -> Executor:
     ``PROCESS_MIN_FILES`` on (bench/bench_fingerprint.py). Processes start with "forkserver",
     not fork: this process already runs library threads that a fork would copy mid-lock."""
     if workers > 1 and files >= PROCESS_MIN_FILES:
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=exit_with,
-                                   initargs=(os.getpid(),))
+        return Processes(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=exit_with, initargs=(os.getpid(),))
     return ThreadPoolExecutor(workers)
 
 

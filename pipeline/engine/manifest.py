@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 import xxhash
 
-from pipeline.engine.schema import COLUMNS, USABLE, Split, Status
+from pipeline.engine.schema import COLUMNS, MANIFEST, STATS, USABLE, Split, Status
 from pipeline.engine import corrections as review, dedupe, split, stats
 from pipeline import figures
 from pipeline.engine.fingerprint import BAD_NAME, FINGERPRINT_SCHEMA, FINGERPRINT_VERSION, KEY, fingerprint
@@ -33,8 +33,6 @@ from runtime.parallel import usable_cores
 from runtime.progress import progress
 
 log = logging.getLogger("simpsons.manifest")
-MANIFEST = "manifest.parquet"
-STATS = "stats.json"
 CACHE_CHUNK = 256  # files fingerprinted between two cache saves
 DECIDED_ON = ["status", "reason", "hash", "phash"]  # the fingerprint columns the decisions read (thumbnails: dedupe.thumbnails)
 CARRIED = ["hash", "format", "width", "height", "pixel_mean", "pixel_sq_mean"]  # into the manifest as they are
@@ -65,7 +63,7 @@ def decide(files: pl.DataFrame, fingerprints: pl.LazyFrame, config: ManifestConf
     tables. The corrections come first, so every later rule sees the labels as corrected."""
     narrow = fingerprints.select(*DECIDED_ON).with_columns(pl.col("hash").str.to_integer(base=16, dtype=pl.UInt64))
     df = pl.concat([files.select("path", "source", "label", "size_bytes", "bad_name"), narrow.collect()], how="horizontal")
-    df = df.with_columns(  # the scan's word, not the cache's: a name escaped like another's shares its key
+    df = df.with_columns(  # the scan's word, not the cache's: an older cache (escaping was not one to one) may hold another name's row here
         pl.when(pl.col("bad_name")).then(pl.lit(Status.BAD_NAME)).otherwise(pl.col("status")).alias("status"),
         pl.when(pl.col("bad_name")).then(pl.lit(BAD_NAME)).otherwise(pl.col("reason")).alias("reason"),
     ).drop("bad_name")
@@ -108,7 +106,7 @@ def run(data_root: Path, out_dir: Path, config: ManifestConfig, workers: int | N
     fingerprinted between two cache saves; ``show`` wraps the fingerprinting's iterator (a
     progress bar). Corrections that cannot be applied are one error before anything is written."""
     corrections = review.read(Path(config.corrections)) if config.corrections else review.NONE
-    files, empty = scan(data_root)
+    files, empty = scan(data_root, out_dir)
     check_writable(out_dir)
     with Lock(out_dir / MANIFEST), _cache_lock(data_root):  # a second run into the same folder is refused, not interleaved
         fingerprints = _fingerprints(data_root, files, workers, ray, chunk, show)

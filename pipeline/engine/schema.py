@@ -6,7 +6,7 @@ bare string.
 
 | column | meaning |
 |---|---|
-| path | relative to the data root, ``/``-separated; undecodable bytes shown as ``\\xNN`` |
+| path | relative to the data root, ``/``-separated; shown as ``display_path`` shows it (a byte that is not UTF-8 as ``\\xNN``, a backslash as ``\\\\``): ``on_disk`` opens it |
 | label | the class (folder name, or the test file's name prefix); null where none |
 | split | a ``Split``: train, val, test or excluded |
 | status | a ``Status``: why a row is used or not |
@@ -28,6 +28,12 @@ bare string.
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
+
+from runtime.listing import from_display
+
+MANIFEST = "manifest.parquet"  # the files a manifest run writes into its output folder
+STATS = "stats.json"
 
 
 class Status(StrEnum):
@@ -71,3 +77,9 @@ COLUMNS = [
     "format", "phash", "group", "group_size", "duplicate_of", "leak", "pixel_mean", "pixel_sq_mean",
     "original_label", "review", "review_note", "corrected",
 ]
+
+
+def on_disk(root: Path, path: str) -> Path:
+    """The file a manifest row's ``path`` names under ``root``: the column shows names escaped
+    (a file named with a backslash has it doubled), so it is read back, not joined as it is."""
+    return root / from_display(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -12,8 +13,10 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pipeline.engine.schema import on_disk
 from runtime.errors import SimpsonsError
 from runtime.listing import display_path
+from runtime.parallel import die_with_parent
 from runtime.preprocess import ImageError
 
 log = logging.getLogger("simpsons.data")
@@ -45,7 +48,7 @@ class ManifestDataset(Dataset):
 
     def __init__(self, rows: pl.DataFrame, root: Path, classes: list[str], transform: Callable):
         index = {c: i for i, c in enumerate(classes)}
-        self.paths = [os.path.join(root, p) for p in rows["path"]]
+        self.paths = [os.fspath(on_disk(root, p)) for p in rows["path"]]
         self.targets = [index[label] for label in rows["label"]]
         self.transform = transform
 
@@ -121,11 +124,17 @@ class EpochSampler(Sampler[tuple[int, int, int | None]]):
         return self.per_rank
 
 
+def _start_worker(parent: int, worker_id: int) -> None:
+    """A data-loader worker ends with the process that forked it: orphaned by ``kill -9`` of a
+    training, workers lived on for seconds (torch polls for the parent every 5 s)."""
+    die_with_parent(parent)
+
+
 def loader(dataset: Dataset, batch_size: int, workers: int, sampler: Sampler | None = None, pin: bool = False) -> DataLoader:
-    """Decoding in worker processes that stay alive between epochs; pinned memory for CUDA. With
-    a ``sampler`` (training), a last batch of one image is dropped: batch normalisation cannot
-    train on one sample, and a training set one image past a multiple of the batch size (a
-    fold, a reviewed manifest) would end every epoch with an error."""
+    """Decoding in worker processes that stay alive between epochs and end with this process;
+    pinned memory for CUDA. With a ``sampler`` (training), a last batch of one image is dropped:
+    batch normalisation cannot train on one sample, and a training set one image past a
+    multiple of the batch size (a fold, a reviewed manifest) would end every epoch with an error."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -135,5 +144,6 @@ def loader(dataset: Dataset, batch_size: int, workers: int, sampler: Sampler | N
         pin_memory=pin,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=functools.partial(_start_worker, os.getpid()),
         drop_last=sampler is not None and len(sampler) % batch_size == 1,
     )

@@ -17,6 +17,7 @@ import torch
 
 from pipeline import figures
 from pipeline.engine.manifest import read as read_manifest
+from pipeline.engine.schema import on_disk
 from pipeline.training import datasets
 from pipeline.training.calibration import fit_report, ood_scores
 from pipeline.training.checkpoint import load_model
@@ -150,7 +151,7 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
     figure = figures.reliability_figure(before, reliability(probs, targets.numpy()), f"{split}: reliability", calibration.temperature)
     figures.save(figure, out / "reliability.png")
     shown = grid_sample(true, pred, config.grid)
-    paths = [root / p for p in rows["path"]]
+    paths = [on_disk(root, p) for p in rows["path"]]
     images = [np.asarray(load_image(paths[i], min_size=160)) for i in shown]
     figures.save(figures.prediction_grid(images, [true[i] for i in shown], [pred[i] for i in shown]), out / "predictions.png")
     return report
