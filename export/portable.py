@@ -5,9 +5,9 @@ front and temperature + softmax behind, in plain ONNX operators (opset 18), so a
 that can run ONNX (onnxruntime for the web, Node, Java, C#...) classifies from an RGB uint8
 ``[N, H, W, 3]`` array of any size:
 
-    Cast -> NCHW -> Resize (shorter side to resize_size, antialiased, as Pillow) -> Round/Clip
-    (Pillow's 8-bit result) -> centre crop (torchvision's rounding) -> (x / 255 - mean) / std
-    -> network -> logits / T -> Softmax
+    Cast -> Resize (shorter side to resize_size, antialiased, as Pillow; channels last) -> centre
+    crop (torchvision's rounding) -> Round/Clip (Pillow's 8-bit result) -> NCHW ->
+    (x / 255 - mean) / std -> network -> logits / T -> Softmax
 
 The resize targets follow ``runtime.preprocess.resized_size`` in integer arithmetic, the crop
 offsets its round-half-to-even, so the graph and the Python runtime see the same pixels up to
@@ -45,19 +45,21 @@ def preprocessing_nodes(p: Preprocessing) -> tuple[list[onnx.NodeProto], list[on
     mean, std = np.asarray(p.mean, np.float32), np.asarray(p.std, np.float32)
     constants = [
         _const("pre/S", [p.resize_size]), _const("pre/C", [p.image_size]), _const("pre/two", 2.0, np.float32),
-        _const("pre/i0", [0]), _const("pre/i2", [2]), _const("pre/i3", [3]), _const("pre/i4", [4]),
-        _const("pre/axes", [2, 3]), _const("pre/lo", 0.0, np.float32), _const("pre/hi", 255.0, np.float32),
+        _const("pre/i0", [0]), _const("pre/i1", [1]), _const("pre/i2", [2]), _const("pre/i3", [3]), _const("pre/i4", [4]),
+        _const("pre/axes", [1, 2]), _const("pre/lo", 0.0, np.float32), _const("pre/hi", 255.0, np.float32),
         _const("pre/scale", (1.0 / (255.0 * std)).reshape(1, 3, 1, 1), np.float32),
         _const("pre/shift", (-mean / std).reshape(1, 3, 1, 1), np.float32),
     ]
     n = helper.make_node
     nodes = [
+        # Resized and cropped as decoded, channels last: only the small crop is transposed to
+        # NCHW, and rounded to Pillow's 8-bit result (the same numbers, a fifth of the work).
         n("Cast", [INPUT_NAME], ["pre/float"], to=TensorProto.FLOAT),
-        n("Transpose", ["pre/float"], ["pre/nchw"], perm=[0, 3, 1, 2]),
-        n("Shape", ["pre/nchw"], ["pre/shape"]),
-        n("Slice", ["pre/shape", "pre/i0", "pre/i2"], ["pre/nc"]),
-        n("Slice", ["pre/shape", "pre/i2", "pre/i3"], ["pre/h"]),
-        n("Slice", ["pre/shape", "pre/i3", "pre/i4"], ["pre/w"]),
+        n("Shape", ["pre/float"], ["pre/shape"]),
+        n("Slice", ["pre/shape", "pre/i0", "pre/i1"], ["pre/n"]),
+        n("Slice", ["pre/shape", "pre/i1", "pre/i2"], ["pre/h"]),
+        n("Slice", ["pre/shape", "pre/i2", "pre/i3"], ["pre/w"]),
+        n("Slice", ["pre/shape", "pre/i3", "pre/i4"], ["pre/c"]),
         # shorter side to S, the other floor(S * other / shorter), as resized_size()
         n("LessOrEqual", ["pre/w", "pre/h"], ["pre/portrait"]),
         n("Mul", ["pre/S", "pre/h"], ["pre/Sh"]),
@@ -66,11 +68,9 @@ def preprocessing_nodes(p: Preprocessing) -> tuple[list[onnx.NodeProto], list[on
         n("Div", ["pre/Sw", "pre/h"], ["pre/Sw_h"]),
         n("Where", ["pre/portrait", "pre/Sh_w", "pre/S"], ["pre/new_h"]),
         n("Where", ["pre/portrait", "pre/S", "pre/Sw_h"], ["pre/new_w"]),
-        n("Concat", ["pre/nc", "pre/new_h", "pre/new_w"], ["pre/sizes"], axis=0),
-        n("Resize", ["pre/nchw", "", "", "pre/sizes"], ["pre/resized"], antialias=1,
+        n("Concat", ["pre/n", "pre/new_h", "pre/new_w", "pre/c"], ["pre/sizes"], axis=0),
+        n("Resize", ["pre/float", "", "", "pre/sizes"], ["pre/resized"], antialias=1,
           coordinate_transformation_mode="half_pixel", nearest_mode="floor", **RESIZE_MODES[p.interpolation]),
-        n("Round", ["pre/resized"], ["pre/rounded"]),
-        n("Clip", ["pre/rounded", "pre/lo", "pre/hi"], ["pre/pixels"]),
         # centre crop: offsets round((new - C) / 2), half to even as Python's round()
         n("Concat", ["pre/new_h", "pre/new_w"], ["pre/new_hw"], axis=0),
         n("Sub", ["pre/new_hw", "pre/C"], ["pre/spare"]),
@@ -79,8 +79,11 @@ def preprocessing_nodes(p: Preprocessing) -> tuple[list[onnx.NodeProto], list[on
         n("Round", ["pre/half"], ["pre/start_f"]),
         n("Cast", ["pre/start_f"], ["pre/start"], to=TensorProto.INT64),
         n("Add", ["pre/start", "pre/C"], ["pre/end"]),
-        n("Slice", ["pre/pixels", "pre/start", "pre/end", "pre/axes"], ["pre/crop"]),
-        n("Mul", ["pre/crop", "pre/scale"], ["pre/scaled"]),
+        n("Slice", ["pre/resized", "pre/start", "pre/end", "pre/axes"], ["pre/crop"]),
+        n("Round", ["pre/crop"], ["pre/rounded"]),
+        n("Clip", ["pre/rounded", "pre/lo", "pre/hi"], ["pre/pixels"]),
+        n("Transpose", ["pre/pixels"], ["pre/nchw"], perm=[0, 3, 1, 2]),
+        n("Mul", ["pre/nchw", "pre/scale"], ["pre/scaled"]),
         n("Add", ["pre/scaled", "pre/shift"], [NETWORK_INPUT]),
     ]
     return nodes, constants

@@ -232,6 +232,24 @@ def test_portable_batches_are_cut_by_bytes(portable: Path, monkeypatch):
     assert runs == [3, 3, 3, 1]
 
 
+def test_portable_frames_of_one_size_share_a_run_across_interleaved_sizes(portable: Path, monkeypatch):
+    """Frames of two sizes, alternating: each size fills whole batches (four runs of four, not
+    eight runs of two), and every answer comes back in input order, as frame by frame."""
+    from runtime import classifier
+
+    clf = classifier.Classifier(portable, device="cpu")
+    runs = []
+    real = clf.run
+    monkeypatch.setattr(clf, "run", lambda batch: runs.append(batch.shape[:3]) or real(batch))
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (20, 30, 3) if i % 2 else (24, 18, 3), dtype=np.uint8) for i in range(16)]
+    batched = clf.predict(frames, top_k=3, batch_size=4)
+    assert runs == [(4, 24, 18), (4, 20, 30)] * 2
+    alone = [clf.predict([frame], top_k=3)[0] for frame in frames]
+    assert [p.top_k[0][0] for p in batched] == [p.top_k[0][0] for p in alone]
+    np.testing.assert_allclose([p.confidence for p in batched], [p.confidence for p in alone], atol=1e-5)
+
+
 def test_the_decoding_budget_lets_large_pictures_take_turns():
     import threading
     import time

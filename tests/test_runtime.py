@@ -179,6 +179,29 @@ def test_portable_model_runs_from_pixels_and_agrees(model: Path, images: Path, g
     assert json.loads(sidecar_path(portable).read_text())["inputs"][0]["dtype"] == "uint8"
 
 
+@pytest.mark.parametrize("size", [(96, 72), (72, 96), (61, 61), (150, 37), (17, 16)])
+def test_the_portable_graph_preprocesses_as_the_python_runtime(size, rng):
+    """The graph's resize, crop and normalisation against ``preprocess``, pixel for pixel (up to
+    one 8-bit step where two roundings meet), landscape, portrait, square and odd sizes."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from export.portable import NETWORK_INPUT, preprocessing_nodes
+    from tests.conftest import frame
+
+    pre = Preprocessing.for_size(32, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    nodes, constants = preprocessing_nodes(pre)
+    graph = helper.make_graph(nodes, "pre", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
+                              [helper.make_tensor_value_info(NETWORK_INPUT, TensorProto.FLOAT, None)], constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    img = frame(rng, size=size)
+    (got,) = session.run(None, {"image": np.asarray(img)[None]})
+    steps = (got[0] - preprocess(img, pre)) * (255 * np.asarray(pre.std, np.float32)).reshape(3, 1, 1)
+    assert got.shape == (1, 3, 32, 32)
+    assert np.abs(steps).max() <= 1.0 + 1e-3 and np.abs(steps).mean() < 0.05
+
+
 def test_sidecar_stands_in_for_missing_metadata_and_must_match(model: Path, images: Path, tmp_path: Path, capsys):
     import onnx
 
