@@ -205,6 +205,17 @@ def agreement(scored: Scored, reference: Scored) -> dict:
             "max_abs_probability_diff": float(np.abs(scored.probabilities - reference.probabilities).max())}
 
 
+def web_model(report: dict) -> str:
+    """The portable file the browser page ships (``make web`` copies it): the int8 one where it
+    answers as fp32 does on fp32's clear answers (``PORTABLE_AGREEMENT``, the bar a portable
+    model meets), since it is a quarter of the download and faster in WebAssembly; else fp32."""
+    variants = report["variants"]
+    int8 = variants.get("portable-int8", {}).get("agreement_with_fp32", {})
+    if int8.get("top1_agreement_on_clear_answers", 0.0) >= PORTABLE_AGREEMENT:
+        return variants["portable-int8"]["file"]
+    return variants["portable"]["file"]
+
+
 def finish(path: Path, info: ModelInfo, val: Sample, classes: list[str], accept_known: float, reference: Scored | None = None) -> tuple[dict, Scored]:
     """Score one written model on val, choose its own unknown threshold there, and write its
     metadata and sidecar; returns the variant's report and its scores."""
@@ -287,6 +298,8 @@ def export(config: ExportConfig) -> dict:
         make(path)
         result, scored[name] = finish(path, replace(info, variant=name), val, classes, c.accept_known, scored[reference])
         result["reference"] = reference
+        if name == "portable-int8":  # what the page's choice between the two portable files rests on
+            result["agreement_with_fp32"] = agreement(scored[name], scored["fp32"])
         report["variants"][name] = result
         _log_variant(name, result, fp32)
         if name.startswith("portable") and result["top1_agreement_on_clear_answers"] < PORTABLE_AGREEMENT:
@@ -294,5 +307,8 @@ def export(config: ExportConfig) -> dict:
                               f"{result['top1_agreement_on_clear_answers']:.2%} of the {result['clear_answers']} val images "
                               f"it answers clearly (needs {PORTABLE_AGREEMENT:.1%})")
     report["eval_images"] = len(val.labels)
+    if c.portable:
+        report["web_model"] = web_model(report)
+        log.info("the browser page ships %s (make web)", report["web_model"])
     write_json(out.with_suffix(".report.json"), report)
     return report

@@ -5,9 +5,9 @@ front and temperature + softmax behind, in plain ONNX operators (opset 18), so a
 that can run ONNX (onnxruntime for the web, Node, Java, C#...) classifies from an RGB uint8
 ``[N, H, W, 3]`` array of any size:
 
-    Cast -> Resize (shorter side to resize_size, antialiased, as Pillow; channels last) -> centre
-    crop (torchvision's rounding) -> Round/Clip (Pillow's 8-bit result) -> NCHW ->
-    (x / 255 - mean) / std -> network -> logits / T -> Softmax
+    Resize (uint8, channels last: shorter side to resize_size, antialiased, as Pillow) -> centre
+    crop (torchvision's rounding) -> Cast -> NCHW -> (x / 255 - mean) / std -> network ->
+    logits / T -> Softmax
 
 The resize targets follow ``runtime.preprocess.resized_size`` in integer arithmetic, the crop
 offsets its round-half-to-even, so the graph and the Python runtime see the same pixels up to
@@ -46,16 +46,13 @@ def preprocessing_nodes(p: Preprocessing) -> tuple[list[onnx.NodeProto], list[on
     constants = [
         _const("pre/S", [p.resize_size]), _const("pre/C", [p.image_size]), _const("pre/two", 2.0, np.float32),
         _const("pre/i0", [0]), _const("pre/i1", [1]), _const("pre/i2", [2]), _const("pre/i3", [3]), _const("pre/i4", [4]),
-        _const("pre/axes", [1, 2]), _const("pre/lo", 0.0, np.float32), _const("pre/hi", 255.0, np.float32),
+        _const("pre/axes", [1, 2]),
         _const("pre/scale", (1.0 / (255.0 * std)).reshape(1, 3, 1, 1), np.float32),
         _const("pre/shift", (-mean / std).reshape(1, 3, 1, 1), np.float32),
     ]
     n = helper.make_node
     nodes = [
-        # Resized and cropped as decoded, channels last: only the small crop is transposed to
-        # NCHW, and rounded to Pillow's 8-bit result (the same numbers, a fifth of the work).
-        n("Cast", [INPUT_NAME], ["pre/float"], to=TensorProto.FLOAT),
-        n("Shape", ["pre/float"], ["pre/shape"]),
+        n("Shape", [INPUT_NAME], ["pre/shape"]),
         n("Slice", ["pre/shape", "pre/i0", "pre/i1"], ["pre/n"]),
         n("Slice", ["pre/shape", "pre/i1", "pre/i2"], ["pre/h"]),
         n("Slice", ["pre/shape", "pre/i2", "pre/i3"], ["pre/w"]),
@@ -69,7 +66,10 @@ def preprocessing_nodes(p: Preprocessing) -> tuple[list[onnx.NodeProto], list[on
         n("Where", ["pre/portrait", "pre/Sh_w", "pre/S"], ["pre/new_h"]),
         n("Where", ["pre/portrait", "pre/S", "pre/Sw_h"], ["pre/new_w"]),
         n("Concat", ["pre/n", "pre/new_h", "pre/new_w", "pre/c"], ["pre/sizes"], axis=0),
-        n("Resize", ["pre/float", "", "", "pre/sizes"], ["pre/resized"], antialias=1,
+        # The uint8 pixels resized as decoded (channels last), rounded to 8 bits as Pillow does.
+        # On uint8 because WebGPU has no antialiased Resize: onnxruntime-web leaves this node
+        # to the CPU (its GPU kernels take floats), and runs the rest on the GPU.
+        n("Resize", [INPUT_NAME, "", "", "pre/sizes"], ["pre/pixels"], antialias=1,
           coordinate_transformation_mode="half_pixel", nearest_mode="floor", **RESIZE_MODES[p.interpolation]),
         # centre crop: offsets round((new - C) / 2), half to even as Python's round()
         n("Concat", ["pre/new_h", "pre/new_w"], ["pre/new_hw"], axis=0),
@@ -79,10 +79,9 @@ def preprocessing_nodes(p: Preprocessing) -> tuple[list[onnx.NodeProto], list[on
         n("Round", ["pre/half"], ["pre/start_f"]),
         n("Cast", ["pre/start_f"], ["pre/start"], to=TensorProto.INT64),
         n("Add", ["pre/start", "pre/C"], ["pre/end"]),
-        n("Slice", ["pre/resized", "pre/start", "pre/end", "pre/axes"], ["pre/crop"]),
-        n("Round", ["pre/crop"], ["pre/rounded"]),
-        n("Clip", ["pre/rounded", "pre/lo", "pre/hi"], ["pre/pixels"]),
-        n("Transpose", ["pre/pixels"], ["pre/nchw"], perm=[0, 3, 1, 2]),
+        n("Slice", ["pre/pixels", "pre/start", "pre/end", "pre/axes"], ["pre/crop"]),
+        n("Cast", ["pre/crop"], ["pre/float"], to=TensorProto.FLOAT),
+        n("Transpose", ["pre/float"], ["pre/nchw"], perm=[0, 3, 1, 2]),
         n("Mul", ["pre/nchw", "pre/scale"], ["pre/scaled"]),
         n("Add", ["pre/scaled", "pre/shift"], [NETWORK_INPUT]),
     ]

@@ -87,6 +87,19 @@ def test_dynamic_batch(pipeline_run, batch: int):
     np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
+def test_the_page_ships_int8_only_where_it_agrees_with_fp32(pipeline_run):
+    from export.onnx_export import PORTABLE_AGREEMENT, web_model
+
+    report = json.loads(pipeline_run["onnx"].with_suffix(".report.json").read_text())
+    against_fp32 = report["variants"]["portable-int8"]["agreement_with_fp32"]
+    assert against_fp32["clear_answers"] > 0
+    assert report["web_model"] == web_model(report)
+    variants = {"portable": {"file": "p.onnx"}, "portable-int8": {"file": "p.int8.onnx"}}
+    for agreed, shipped in ((PORTABLE_AGREEMENT, "p.int8.onnx"), (PORTABLE_AGREEMENT - 0.001, "p.onnx")):
+        variants["portable-int8"]["agreement_with_fp32"] = {"top1_agreement_on_clear_answers": agreed}
+        assert web_model({"variants": variants}) == shipped
+
+
 def test_int8_runs_and_agrees_with_fp32(pipeline_run):
     report = json.loads(pipeline_run["onnx"].with_suffix(".report.json").read_text())
     int8 = report["variants"]["int8"]
