@@ -65,17 +65,22 @@ infer: $(SETUP)
 	$(BIN)/simpsons-infer $(DATA)/kaggle_simpson_testset --model $(OUT)/model.int8.onnx \
 		-o $(OUT)/predictions.csv --evaluate $(if $(UNKNOWN),--unknown $(UNKNOWN))
 
-# The browser page: index.html + app.js, the portable model and its sidecar, onnxruntime-web's
-# WASM files, in one folder that any static server serves.
+# The browser page: index.html + app.js, the service worker that makes it cross-origin isolated
+# (sw.js), the portable model and its sidecar, onnxruntime-web's WASM and WebGPU builds, in one
+# folder that any static server serves.
 WEB     ?= $(OUT)/web
-WEB_MODEL ?= $(OUT)/model.portable.onnx
+# The portable model `simpsons export` chose for the page (web_model in model.report.json: int8
+# where it agrees with fp32 on clear answers), else the fp32 one.
+WEB_MODEL ?= $(OUT)/$(or $(shell $(PYTHON) -c 'import json, sys; print(json.load(open(sys.argv[1])).get("web_model", ""))' \
+	$(OUT)/model.report.json 2>/dev/null),model.portable.onnx)
 ORT_DIST = web/node_modules/onnxruntime-web/dist
 web: web/node_modules/.installed
 	rm -rf $(WEB) && mkdir -p $(WEB)/ort
-	cp web/index.html web/app.js $(WEB)/
+	cp web/index.html web/app.js web/sw.js $(WEB)/
 	cp $(WEB_MODEL) $(WEB)/
 	cp $(basename $(WEB_MODEL)).json $(WEB)/model.portable.json
 	cp $(ORT_DIST)/ort.wasm.min.mjs $(ORT_DIST)/ort-wasm-simd-threaded.mjs $(ORT_DIST)/ort-wasm-simd-threaded.wasm $(WEB)/ort/
+	cp $(ORT_DIST)/ort.webgpu.min.mjs $(ORT_DIST)/ort-wasm-simd-threaded.asyncify.mjs $(ORT_DIST)/ort-wasm-simd-threaded.asyncify.wasm $(WEB)/ort/
 	@echo "page in $(WEB): python -m http.server --bind 127.0.0.1 --directory $(WEB) 8000, then open http://127.0.0.1:8000"
 
 web/node_modules/.installed: web/package.json web/package-lock.json

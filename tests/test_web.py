@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -55,12 +56,15 @@ def serve(folder: Path):
     return server
 
 
-def open_page(folder: Path, tmp_path: Path, files: list[Path], name: str) -> dict:
+def open_page(folder: Path, tmp_path: Path, files: list[Path], name: str, query: str = "", webgpu: str = "off") -> dict:
+    """The page opened in a fresh Chromium profile (a first visit), ``files`` picked as soon as
+    it is ready; ``webgpu`` as web/test/browser.mjs takes it (off, swiftshader, broken)."""
     server = serve(folder)
     try:
         out, shot = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
-        done = subprocess.run(["node", str(REPO / "web" / "test" / "browser.mjs"), f"http://127.0.0.1:{server.server_port}/index.html",
-                               str(out), str(shot), *map(str, files)], cwd=REPO / "web", capture_output=True, text=True, timeout=600)
+        done = subprocess.run(["node", str(REPO / "web" / "test" / "browser.mjs"), f"http://127.0.0.1:{server.server_port}/index.html{query}",
+                               str(out), str(shot), *map(str, files)], cwd=REPO / "web", capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "WEBGPU": webgpu})
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
         server.shutdown()
@@ -81,16 +85,11 @@ def page(browser, pipeline_run, tmp_path_factory) -> Path:
     return out / "web"
 
 
-def test_page_classifies_like_the_python_runtime(page: Path, pipeline_run, tmp_path: Path):
-    files = frames(tmp_path / "frames")
-    report = open_page(page, tmp_path, files, "web")
-    assert report["error"] is None, report
+def compared(report: dict, images: list[Path], plain: Path) -> tuple[float, float]:
+    """The page's top-1 agreement with the Python runtime's plain model on ``images``, and the
+    largest difference between their probabilities of the same class."""
     by_name = {r["name"]: r for r in report["results"]}
-    assert len(by_name) == len(files)
-    assert by_name["broken.jpg"]["error"] and by_name["notes.jpg"]["error"]  # an error card each, the rest goes on
-
-    images = files[:-2]
-    python = Classifier(pipeline_run["onnx"], device="cpu").predict(images, top_k=3)  # the Python runtime
+    python = Classifier(plain, device="cpu").predict(images, top_k=3)
     agree, diffs = [], []
     for path, expected in zip(images, python):
         got = by_name[path.name]
@@ -98,7 +97,25 @@ def test_page_classifies_like_the_python_runtime(page: Path, pipeline_run, tmp_p
         agree.append(got["top"][0][0] == expected.top_k[0][0])
         browser_probs = dict(got["top"])
         diffs.append(max(abs(browser_probs[label] - p) for label, p in expected.top_k if label in browser_probs))
-    agreement, max_diff = float(np.mean(agree)), float(max(diffs))
+    return float(np.mean(agree)), float(max(diffs))
+
+
+def test_page_classifies_like_the_python_runtime(page: Path, pipeline_run, tmp_path: Path):
+    """Served by a plain static server (no isolation headers), the page isolates itself through
+    its service worker and runs WebAssembly on every core; WebGPU is absent (no GPU here)."""
+    files = frames(tmp_path / "frames")
+    report = open_page(page, tmp_path, files, "web")
+    assert report["error"] is None, report
+    by_name = {r["name"]: r for r in report["results"]}
+    assert len(by_name) == len(files)
+    assert by_name["broken.jpg"]["error"] and by_name["notes.jpg"]["error"]  # an error card each, the rest goes on
+    assert report["isolated"] and report["backend"] == "wasm" and report["threads"] == report["cores"] >= 1, report
+    assert f"WebAssembly (SIMD), {report['threads']} thread" in report["engine"] and "WebGPU has no adapter" in report["engine"]
+    timings = report["timings"]
+    assert 0 < timings["model_fetched_s"] <= timings["session_created_s"] <= timings["ready_s"] < timings["first_answer_s"], timings
+
+    images = files[:-2]
+    agreement, max_diff = compared(report, images, pipeline_run["onnx"])
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(report["screenshot"], ARTEFACTS / "web-page.png")
     (ARTEFACTS / "web-page.json").write_text(json.dumps(
@@ -108,6 +125,67 @@ def test_page_classifies_like_the_python_runtime(page: Path, pipeline_run, tmp_p
     assert agreement >= 0.99 and max_diff < 0.05
     with Image.open(report["screenshot"]) as shot:
         assert shot.size == (1100, 860)
+
+
+@pytest.mark.parametrize("webgpu, why", [("broken", ""), ("failing-runs", "simulated dispatch failure")])  # broken: a code from inside onnxruntime
+def test_a_failing_webgpu_falls_back_to_webassembly(page: Path, pipeline_run, tmp_path: Path, webgpu: str, why: str):
+    """A WebGPU adapter that cannot give a device (a faulty driver: the session fails), or a
+    device whose computations fail (the session starts, its runs fail): the page says so, runs
+    on WebAssembly and answers as before."""
+    images = frames(tmp_path / "frames", count=8)[:-2]
+    report = open_page(page, tmp_path, images, webgpu, webgpu=webgpu)
+    assert report["error"] is None and report["backend"] == "wasm", report
+    assert f"WebGPU failed ({why}" in report["note"] and "WebGPU failed" in report["engine"]
+    agreement, max_diff = compared(report, images, pipeline_run["onnx"])
+    assert agreement == 1.0 and max_diff < 0.05
+
+
+def test_page_runs_on_webgpu_where_the_browser_has_it(page: Path, pipeline_run, tmp_path: Path):
+    """Chromium's WebGPU on SwiftShader (Vulkan on the CPU: the WebGPU code path, without a
+    GPU): the page picks it, and answers as the Python runtime does."""
+    images = frames(tmp_path / "frames", count=6)[:-2]
+    report = open_page(page, tmp_path, images, "webgpu", webgpu="swiftshader")
+    assert report["error"] is None, report
+    assert report["backend"] == "webgpu" and report["engine"].startswith("Running on WebGPU"), report
+    agreement, max_diff = compared(report, images, pipeline_run["onnx"])
+    assert agreement == 1.0 and max_diff < 0.05
+
+
+def test_without_its_service_worker_the_page_runs_on_one_thread(page: Path, tmp_path: Path):
+    """Where the service worker cannot start (here: its file is missing), the page says why,
+    runs on one thread, and still answers; and ?threads=1 asks for one thread when isolated."""
+    images = frames(tmp_path / "frames", count=6)[:-2]
+    alone = tmp_path / "no-worker"
+    shutil.copytree(page, alone)
+    (alone / "sw.js").unlink()
+    report = open_page(alone, tmp_path, images, "no-worker")
+    assert report["error"] is None and not report["isolated"] and report["threads"] == 1, report
+    assert "one thread: not cross-origin isolated (the service worker did not start" in report["engine"]
+    assert all(r["error"] is None for r in report["results"]) and len(report["results"]) == len(images)
+    report = open_page(page, tmp_path, [], "one-thread", query="?threads=1&backend=wasm")
+    assert report["isolated"] and report["threads"] == 1 and "WebGPU off (?backend=wasm)" in report["engine"], report
+
+
+def test_make_web_ships_the_model_export_chose(pipeline_run, tmp_path: Path, browser):
+    """``make web`` copies the portable file named by the export report's web_model (int8 where
+    it agrees with fp32), with its sidecar as model.portable.json; without a report, fp32."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for path in pipeline_run["onnx"].parent.glob("model.portable*"):
+        shutil.copy(path, out / path.name)
+    report = json.loads(pipeline_run["onnx"].with_suffix(".report.json").read_text())
+    (out / "model.report.json").write_text(json.dumps({**report, "web_model": "model.portable.int8.onnx"}))
+
+    def shipped() -> str:
+        done = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "web", f"OUT={out}"], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        name = json.loads((out / "web" / "model.portable.json").read_text())["model_file"]
+        assert (out / "web" / name).is_file()
+        return name
+
+    assert shipped() == "model.portable.int8.onnx"
+    (out / "model.report.json").unlink()
+    assert shipped() == "model.portable.onnx"
 
 
 def test_page_refuses_a_missing_or_mismatched_sidecar(page: Path, tmp_path: Path):

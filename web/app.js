@@ -1,16 +1,21 @@
-// The page's whole logic: read the sidecar, check it describes the model file, load the
-// portable model (uint8 RGB pixels in, calibrated probabilities and the open-set score out),
-// then classify each picture the user drops: the browser decodes it, the graph does the rest.
-import * as ort from "./ort/ort.wasm.min.mjs";
+// The page's whole logic: make the page cross-origin isolated (sw.js) so WebAssembly can use
+// every core, read the sidecar, check it describes the model file, load the portable model
+// (uint8 RGB pixels in, calibrated probabilities and the open-set score out) on WebGPU where the
+// browser has it and on WebAssembly otherwise, then classify each picture the user drops: the
+// browser decodes it, the graph does the rest.
+//
+// Query parameters, for measuring: ?backend=wasm skips WebGPU; ?threads=N caps the WASM threads.
 
 const SIDECAR = "model.portable.json";
 const TOP = 3;
+const RELOADED = "simpsons.isolation-reload"; // sessionStorage: when the page was first opened, set before reloading itself
+const params = new URLSearchParams(location.search);
 
-ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
-ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
-
-// What tests and curious people can read: readiness, one result per picture, timing.
-const state = (window.simpsons = { ready: false, error: null, results: [], seconds: 0 });
+// What tests and curious people can read: readiness, one result per picture, timing, backend.
+const state = (window.simpsons = {
+  ready: false, error: null, results: [], seconds: 0, backend: null, threads: null, cores: navigator.hardwareConcurrency,
+  isolated: self.crossOriginIsolated, isolation: null, note: null, timings: {},
+});
 const $ = (id) => document.getElementById(id);
 
 function status(text, isError = false) {
@@ -19,36 +24,117 @@ function status(text, isError = false) {
   if (isError) state.error = text;
 }
 
+// When the page was opened, in ms since the epoch: before the isolation reload, if there was one.
+const reloaded = sessionStorage.getItem(RELOADED);
+sessionStorage.removeItem(RELOADED);
+const opened = Number(reloaded) || performance.timeOrigin;
+const since = (start) => (performance.timeOrigin + performance.now() - start) / 1000;
+
+// Cross-origin isolation, or why not. Not isolated yet: register sw.js, which adds the headers,
+// and reload once through it (never twice in a row: a host that strips the headers again, or a
+// browser without service workers, gets one thread instead of a reload loop).
+async function isolate(reloadedAlready) {
+  if (self.crossOriginIsolated) return null;
+  if (!self.isSecureContext || !("serviceWorker" in navigator)) return "no service worker here (needs https or localhost)";
+  if (reloadedAlready) return "still not cross-origin isolated after the service worker's reload";
+  try {
+    await navigator.serviceWorker.register("sw.js");
+    await navigator.serviceWorker.ready;
+  } catch (error) {
+    return `the service worker did not start (${error.message})`;
+  }
+  sessionStorage.setItem(RELOADED, String(opened));
+  location.reload();
+  return new Promise(() => {}); // the page is going away
+}
+
+// Why WebGPU is not tried, or null when it is: asked for off, absent, or no adapter.
+async function webgpuMissing() {
+  if (params.get("backend") === "wasm") return "WebGPU off (?backend=wasm)";
+  if (!navigator.gpu) return "no WebGPU in this browser";
+  try {
+    return (await navigator.gpu.requestAdapter()) ? null : "WebGPU has no adapter here";
+  } catch (error) {
+    return `WebGPU adapter failed (${error.message})`;
+  }
+}
+
+// onnxruntime-web from the page's own folder; WASM threads: every core when isolated (the
+// browser allows no threads otherwise), or ?threads=N. Its builds are SIMD-only.
+async function runtime(file) {
+  const ort = await import(`./ort/${file}`);
+  ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
+  const cores = navigator.hardwareConcurrency || 1;
+  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(cores, Number(params.get("threads")) || cores) : 1;
+  return ort;
+}
+
+// An inference session on WebGPU when the browser has it, else on WebAssembly. WebGPU must
+// also answer a first, blank picture: a GPU can fail at creating the session or at its first
+// run (a kernel it lacks, a lost device), and either falls back to WebAssembly, saying why.
+async function session(bytes, meta) {
+  let note = await webgpuMissing();
+  if (!note) {
+    try {
+      const ort = await runtime("ort.webgpu.min.mjs");
+      const created = await ort.InferenceSession.create(bytes, { executionProviders: ["webgpu"] });
+      const side = meta.preprocessing.resize_size;
+      await created.run({ image: new ort.Tensor("uint8", new Uint8Array(side * side * 3), [1, side, side, 3]) });
+      return { ort, backend: "webgpu", note, session: created };
+    } catch (error) {
+      note = `WebGPU failed (${String(error?.message || error).split("\n")[0]}), using WebAssembly`;
+    }
+  }
+  const ort = await runtime("ort.wasm.min.mjs");
+  return { ort, backend: "wasm", note, session: await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] }) };
+}
+
 async function sha256(buffer) {
   const digest = await crypto.subtle.digest("SHA-256", buffer);
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+// The sidecar and the model it names; the checksum is computed while the session is created,
+// since both take a while and neither needs the other.
 async function loadModel() {
   const response = await fetch(SIDECAR);
   if (!response.ok) throw new Error(`${SIDECAR} not found beside the page: the model has no sidecar (rebuild with make web)`);
   const meta = await response.json();
+  if (meta.inputs?.[0]?.dtype !== "uint8") throw new Error(`${meta.model_file} is not a portable model (its input is not uint8 pixels)`);
   const modelResponse = await fetch(meta.model_file);
   if (!modelResponse.ok) throw new Error(`${meta.model_file} (named by ${SIDECAR}) not found beside the page`);
-  const bytes = await modelResponse.arrayBuffer();
+  const bytes = new Uint8Array(await modelResponse.arrayBuffer());
+  state.timings.model_fetched_s = since(opened);
+  const creating = session(bytes, meta);
   if ((await sha256(bytes)) !== meta.sha256) {
+    creating.then((created) => created.session.release(), () => {});
     throw new Error(`${SIDECAR} does not describe ${meta.model_file}: its sha256 differs (copy the matching pair)`);
   }
-  if (meta.inputs?.[0]?.dtype !== "uint8") throw new Error(`${meta.model_file} is not a portable model (its input is not uint8 pixels)`);
-  const session = await ort.InferenceSession.create(new Uint8Array(bytes), { executionProviders: ["wasm"] });
-  return { meta, session };
+  const created = await creating;
+  state.timings.session_created_s = since(opened);
+  return { meta, ...created };
+}
+
+// The size a frame is drawn at before the graph: reduced so that its shorter side is twice the
+// graph's resize target (never enlarged). The graph's own antialiased resize then does the last
+// factor of two or more, so the browser's reduction barely shows in the answer, while the graph
+// (whose cost grows with the pixels it gets) no longer resizes a camera-sized frame.
+function drawnSize(width, height, resizeSize) {
+  const scale = Math.min(1, (2 * resizeSize) / Math.min(width, height));
+  return [Math.max(1, Math.ceil(width * scale)), Math.max(1, Math.ceil(height * scale))];
 }
 
 // Decoded RGB uint8 pixels, [1, H, W, 3]; transparency flattened onto white, EXIF orientation
 // applied, no colour-space conversion: what the Python runtime decodes too.
-async function pixels(file) {
+async function pixels(file, model) {
   const bitmap = await createImageBitmap(file, { imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none" });
-  const { width, height } = bitmap;
+  const [width, height] = drawnSize(bitmap.width, bitmap.height, model.meta.preprocessing.resize_size);
   const canvas = new OffscreenCanvas(width, height);
   const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.imageSmoothingQuality = "high";
   context.fillStyle = "#fff";
   context.fillRect(0, 0, width, height);
-  context.drawImage(bitmap, 0, 0);
+  context.drawImage(bitmap, 0, 0, width, height);
   bitmap.close();
   const rgba = context.getImageData(0, 0, width, height).data;
   const rgb = new Uint8Array(width * height * 3);
@@ -57,11 +143,11 @@ async function pixels(file) {
     rgb[j + 1] = rgba[i + 1];
     rgb[j + 2] = rgba[i + 2];
   }
-  return new ort.Tensor("uint8", rgb, [1, height, width, 3]);
+  return new model.ort.Tensor("uint8", rgb, [1, height, width, 3]);
 }
 
 async function classify(model, file) {
-  const outputs = await model.session.run({ image: await pixels(file) });
+  const outputs = await model.session.run({ image: await pixels(file, model) });
   const probs = outputs.probabilities.data;
   const order = [...probs.keys()].sort((a, b) => probs[b] - probs[a]).slice(0, TOP);
   const top = order.map((i) => [model.meta.classes[i], probs[i]]);
@@ -111,6 +197,7 @@ async function classifyAll(model, files) {
     let result;
     try {
       result = await classify(model, file);
+      firstAnswer(started);
     } catch (error) {
       result = { name: file.name, label: null, unknown: false, ood_score: null, top: [], error: String(error?.message || error) };
     }
@@ -126,16 +213,38 @@ async function classifyAll(model, files) {
          `${(state.results.length / Math.max(state.seconds, 1e-9)).toFixed(1)} per second.`);
 }
 
+// The first answer's times: since the page was opened (model fetch, session, the user's choice
+// and the picture), and the picture's own share (from the choice to its answer).
+function firstAnswer(started) {
+  if (state.timings.first_answer_s !== undefined) return;
+  state.timings.first_answer_s = since(opened);
+  state.timings.first_picture_s = (performance.now() - started) / 1000;
+  $("timing").textContent += `; first answer ${state.timings.first_picture_s.toFixed(2)} s after the picture was chosen`;
+}
+
+// What the page runs on, in words: the backend, the threads, and why not more.
+function engine(model) {
+  const where = model.backend === "webgpu" ? "WebGPU" : `WebAssembly (SIMD), ${state.threads} thread${state.threads > 1 ? "s" : ""}`;
+  const why = [model.note, state.isolated ? null : `one thread: not cross-origin isolated (${state.isolation})`];
+  return `Running on ${where}` + why.filter(Boolean).map((reason) => `; ${reason}`).join("");
+}
+
 async function main() {
   let model;
   try {
+    state.isolation = await isolate(reloaded !== null);
     model = await loadModel();
   } catch (error) {
     status(`Cannot use the model: ${error.message}`, true);
     return;
   }
+  Object.assign(state, { backend: model.backend, threads: model.ort.env.wasm.numThreads, note: model.note });
+  state.timings.ready_s = since(opened);
   const m = model.meta;
-  $("about").textContent = `${m.arch}, ${m.classes.length} characters, ${m.variant} model; ` +
+  $("engine").textContent = engine(model);
+  $("timing").textContent = `Ready ${state.timings.ready_s.toFixed(2)} s after opening (model fetched at ` +
+    `${state.timings.model_fetched_s.toFixed(2)} s, session at ${state.timings.session_created_s.toFixed(2)} s)`;
+  $("about").textContent = `${m.arch}, ${m.classes.length} characters, ${m.variant} model (${m.model_file}); ` +
     (m.ood_threshold === null ? "no unknown threshold" : `"unknown" when the ${m.ood_score} score exceeds ${Number(m.ood_threshold).toPrecision(4)}`);
   status("Ready: drop pictures or choose files.");
   const take = (files) => classifyAll(model, [...files]);
