@@ -235,7 +235,7 @@ async function main() {
     state.isolation = await isolate(reloaded !== null);
     model = await loadModel();
   } catch (error) {
-    status(`Cannot use the model: ${error.message}`, true);
+    status(`Cannot use the model: ${error?.message ?? error}`, true); // onnxruntime throws bare error codes too
     return;
   }
   Object.assign(state, { backend: model.backend, threads: model.ort.env.wasm.numThreads, note: model.note });

@@ -1,11 +1,10 @@
 // Drive the page in headless Chromium the way a person would: open it from a local server
 // (a fresh profile: a first visit), pick files in its file input as soon as it is ready, wait
 // for every result, read them back with what the page ran on and its timings, take a screenshot.
-//   [WEBGPU=off|swiftshader|broken|failing-runs] node web/test/browser.mjs URL RESULTS.json SCREENSHOT.png [FILE ...]
+//   [WEBGPU=off|swiftshader|broken] node web/test/browser.mjs URL RESULTS.json SCREENSHOT.png [FILE ...]
 // WEBGPU: off (default) runs Chromium without a GPU, so it has no WebGPU adapter; swiftshader
 // gives it WebGPU on SwiftShader (Vulkan on the CPU: the WebGPU code path, not a GPU's speed);
-// broken gives it a WebGPU whose device cannot be created, as a faulty driver would;
-// failing-runs gives it SwiftShader's WebGPU with computations that fail once dispatched.
+// broken gives it a WebGPU whose device cannot be created, as a faulty driver would.
 // Any request to a host other than 127.0.0.1 is blocked and reported.
 import { writeFile } from "node:fs/promises";
 import { chromium } from "playwright-core";
@@ -17,16 +16,12 @@ const BROKEN_GPU = () => {
   const adapter = { features: new Set(), limits: {}, info: {}, requestDevice: () => Promise.reject(new Error("simulated device loss")) };
   Object.defineProperty(Navigator.prototype, "gpu", { get: () => ({ requestAdapter: async () => adapter, getPreferredCanvasFormat: () => "rgba8unorm" }) });
 };
-// A real WebGPU whose computations cannot be dispatched: sessions start, runs fail.
-const FAILING_RUNS = () => {
-  GPUComputePassEncoder.prototype.dispatchWorkgroups = () => { throw new Error("simulated dispatch failure"); };
-};
 const NO_GPU = ["--disable-gpu"];
 const SWIFTSHADER = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader", "--use-webgpu-adapter=swiftshader",
                      "--use-angle=swiftshader"];
 const MODES = {
   off: { args: NO_GPU }, swiftshader: { args: SWIFTSHADER },
-  broken: { args: NO_GPU, init: BROKEN_GPU }, "failing-runs": { args: SWIFTSHADER, init: FAILING_RUNS },
+  broken: { args: NO_GPU, init: BROKEN_GPU },
 };
 if (!MODES[webgpu]) throw new Error(`WEBGPU=${webgpu}: use ${Object.keys(MODES).join(", ")}`);
 const browser = await chromium.launch({
