@@ -8,6 +8,9 @@
 
 const SIDECAR = "model.portable.json";
 const TOP = 3;
+const LOOKAHEAD = 4; // pictures decoding ahead of the model
+// Idle WASM threads sleep rather than spin: the browser decodes the next pictures meanwhile.
+const SLEEPING = { extra: { session: { intra_op: { allow_spinning: "0" } } } };
 const RELOADED = "simpsons.isolation-reload"; // sessionStorage: when the page was first opened, set before reloading itself
 const params = new URLSearchParams(location.search);
 
@@ -77,7 +80,7 @@ async function session(bytes, meta) {
   if (!note) {
     try {
       const ort = await runtime("ort.webgpu.min.mjs");
-      const created = await ort.InferenceSession.create(bytes, { executionProviders: ["webgpu"] });
+      const created = await ort.InferenceSession.create(bytes, { executionProviders: ["webgpu"], ...SLEEPING });
       const side = meta.preprocessing.resize_size;
       await created.run({ image: new ort.Tensor("uint8", new Uint8Array(side * side * 3), [1, side, side, 3]) });
       return { ort, backend: "webgpu", note, session: created };
@@ -86,7 +89,7 @@ async function session(bytes, meta) {
     }
   }
   const ort = await runtime("ort.wasm.min.mjs");
-  return { ort, backend: "wasm", note, session: await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] }) };
+  return { ort, backend: "wasm", note, session: await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], ...SLEEPING }) };
 }
 
 async function sha256(buffer) {
@@ -146,8 +149,8 @@ async function pixels(file, model) {
   return new model.ort.Tensor("uint8", rgb, [1, height, width, 3]);
 }
 
-async function classify(model, file) {
-  const outputs = await model.session.run({ image: await pixels(file, model) });
+async function classify(model, file, decoding) {
+  const outputs = await model.session.run({ image: await decoding });
   const probs = outputs.probabilities.data;
   const order = [...probs.keys()].sort((a, b) => probs[b] - probs[a]).slice(0, TOP);
   const top = order.map((i) => [model.meta.classes[i], probs[i]]);
@@ -190,13 +193,24 @@ function card(file, result) {
   return element;
 }
 
+// Pictures are decoded LOOKAHEAD ahead of the model: the browser decodes on its own threads,
+// and a picture's file read and decode (tens of ms of waiting, a few of work) then overlap
+// the previous pictures' inference instead of adding to it.
 async function classifyAll(model, files) {
   const started = performance.now();
+  const decode = (i) => {
+    const decoding = i < files.length ? pixels(files[i], model) : null;
+    decoding?.catch(() => {}); // a failure is reported in its turn, below
+    return decoding;
+  };
+  const ahead = Array.from({ length: LOOKAHEAD }, (_, i) => decode(i));
   let done = 0;
-  for (const file of files) {
+  for (const [i, file] of files.entries()) {
+    const decoding = ahead.shift();
+    ahead.push(decode(i + LOOKAHEAD));
     let result;
     try {
-      result = await classify(model, file);
+      result = await classify(model, file, decoding);
       firstAnswer(started);
     } catch (error) {
       result = { name: file.name, label: null, unknown: false, ood_score: null, top: [], error: String(error?.message || error) };
