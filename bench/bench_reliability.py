@@ -2,7 +2,7 @@
 table: exit code, peak memory (VmHWM of the command's own process), whether a traceback was
 printed, whether the earlier output survived, and what a rerun found.
 
-    .venv/bin/python bench/bench_reliability.py [--model bench/.work/portable/model.onnx] [--cases 23|pipeline]
+    .venv/bin/python bench/bench_reliability.py [--model bench/.work/edge-resnet18-128/model.onnx] [--cases 23|pipeline]
 
 ``--cases 23`` runs only the cases of issue #23 (a few minutes; the others take longer);
 ``--cases pipeline`` only its pipeline cases, which make their own data and need neither the
@@ -59,7 +59,7 @@ def started(tool: str, *args) -> subprocess.Popen:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", type=Path, default=WORK / "portable" / "model.onnx")
+    parser.add_argument("--model", type=Path, default=WORK / "edge-resnet18-128" / "model.onnx")
     parser.add_argument("--cases", choices=("all", "23", "pipeline"), default="all",
                         help="every case, the cases of issue #23 alone, or its pipeline cases alone (no sample, no model)")
     args = parser.parse_args()
@@ -74,7 +74,7 @@ def main() -> None:
     if args.cases != "pipeline":
         require_sample()
         if not args.model.is_file():
-            sys.exit(f"{args.model}: no model (run bench/bench_portable.py first, or pass --model)")
+            sys.exit(f"{args.model}: no model (bench/bench_portable.py makes it, or pass --model)")
         frames = [p for p in files(SAMPLE / "simpsons_dataset") if p.suffix == ".jpg"]
         issue23(work / "issue23", args.model, frames, row)
     pipeline23(work / "pipeline", row)

@@ -56,6 +56,23 @@ def sample_manifest() -> Path:
     return out / engine.MANIFEST
 
 
+def edge_model(arch: str, image_size: int = 128) -> Path:
+    """The folder of a model of ``arch`` trained briefly on the sample and exported with
+    ``--int8 --portable`` (model.onnx, model.int8.onnx, model.portable.onnx,
+    model.portable.int8.onnx, model.report.json), made once into bench/.work: for the speed
+    benches, where accuracy does not matter but clear answers need a model that has learnt
+    something. ResNet18 trains from scratch for 2 epochs; EfficientNet-Lite keeps its ImageNet
+    weights and trains its head for one."""
+    out = WORK / f"edge-{arch}-{image_size}"
+    if not (out / "model.report.json").is_file():
+        if not (out / "run" / "best.pt").is_file():
+            recipe = ("--weights", "imagenet", "--epochs", 1, "--train-from", 64) if arch.startswith("efficientnet_lite") \
+                else ("--weights", "none", "--epochs", 2)
+            simpsons("train", "--manifest", sample_manifest(), "--out", out / "run", "--arch", arch, "--image-size", image_size, *recipe)
+        simpsons("export", "--checkpoint", out / "run" / "best.pt", "--out", out / "model.onnx", "--int8", "--portable")
+    return out
+
+
 def files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 

@@ -1,0 +1,121 @@
+"""The browser page in headless Chromium: images/s on one WASM thread, on every core, and on
+WebGPU, and the time from opening the page to its first answer, per architecture and variant.
+
+For each ``--arch``, the model ``common.edge_model`` trains briefly on the real sample and
+exports; ``make web`` builds a page for each portable file (fp32, int8), a local static server
+(no isolation headers: the page isolates itself through its service worker) serves it, and
+web/test/browser.mjs opens it in a fresh profile (a first visit: the service worker's reload,
+the model's download and the session are all counted) and picks ``--images`` real frames as
+soon as it is ready. Rows:
+- WASM, 1 thread (``?backend=wasm&threads=1``): the page as it ran before it was isolated;
+- WASM, every core (``?backend=wasm``);
+- WebGPU (Chromium on SwiftShader, Vulkan on the CPU: the WebGPU code path runs, but at a
+  software rasteriser's speed, not a GPU's), for the file the page ships, on
+  ``--webgpu-images`` frames (SwiftShader takes seconds a picture).
+img/s counts the page's whole work per picture (decode, graph, result card); "first answer" is
+seconds from opening the page to the first picture's answer, then its parts: model downloaded,
+session created, first picture classified (its own share).
+
+    .venv/bin/python bench/bench_web.py [--arch resnet18 efficientnet_lite0] [--images 128] [--webgpu-images 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from common import REPO, SAMPLE, edge_model, files, require_sample
+
+VARIANTS = {"fp32": "model.portable.onnx", "int8": "model.portable.int8.onnx"}
+RUNS = [("WASM, 1 thread", "?backend=wasm&threads=1", "off"), ("WASM, every core", "?backend=wasm", "off")]
+WEBGPU = ("WebGPU on SwiftShader", "", "swiftshader")
+
+
+class Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def page(folder: Path, model: str) -> Path:
+    """``make web`` for one portable file of ``folder``: the page folder."""
+    web = folder / f"web-{Path(model).stem}"
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "web", f"OUT={folder}", f"WEB={web}",
+                           f"WEB_MODEL={folder / model}"], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(done.stderr[-2000:])
+    return web
+
+
+def visit(web: Path, query: str, webgpu: str, images: list[Path]) -> dict:
+    """One first visit of the page served from ``web``, classifying ``images``: browser.mjs's report."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(web)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    result = web / "visit.json"
+    try:
+        done = subprocess.run(["node", "test/browser.mjs", f"http://127.0.0.1:{server.server_port}/index.html{query}", str(result),
+                               str(web / "visit.png"), *map(str, images)], cwd=REPO / "web", capture_output=True, text=True,
+                              env={**os.environ, "WEBGPU": webgpu})
+        if done.returncode:
+            sys.exit(done.stderr[-2000:])
+    finally:
+        server.shutdown()
+    report = json.loads(result.read_text())
+    if report["error"]:
+        sys.exit(f"{web}{query}: {report['error']}")
+    return report
+
+
+def row(arch: str, variant: str, name: str, report: dict) -> str:
+    t = report["timings"]
+    rate = len(report["results"]) / report["seconds"]
+    engine = f"{report['backend']}, {report['threads']} thread(s)" if report["backend"] == "wasm" else report["backend"]
+    return (f"| {arch} | {variant} | {name} ({engine}) | {rate:.1f} | {t['first_answer_s']:.2f} | {t['model_fetched_s']:.2f} | "
+            f"{t['session_created_s']:.2f} | {t['first_picture_s']:.3f} |")
+
+
+def bench(arch: str, image_size: int, images: list[Path], webgpu_images: int) -> None:
+    folder = edge_model(arch, image_size)
+    report = json.loads((folder / "model.report.json").read_text())
+    shipped = report["web_model"]
+    agreed = report["variants"]["portable-int8"]["agreement_with_fp32"]
+    print(f"{arch}, {image_size} px: the page ships {shipped} (int8 against fp32 on val: "
+          f"{agreed['top1_agreement_on_clear_answers']:.2%} on {agreed['clear_answers']} clear answers)", file=sys.stderr)
+    for variant, model in VARIANTS.items():
+        web = page(folder, model)
+        label = variant + (" (shipped)" if model == shipped else "")
+        for name, query, webgpu in RUNS:
+            print(row(arch, label, name, visit(web, query, webgpu, images)), flush=True)
+        if model == shipped and webgpu_images:
+            name, query, webgpu = WEBGPU
+            print(row(arch, label, f"{name}, {webgpu_images} frames", visit(web, query, webgpu, images[:webgpu_images])), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", nargs="+", default=["resnet18", "efficientnet_lite0"])
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--webgpu-images", type=int, default=8, help="frames for the WebGPU row (0: no WebGPU row)")
+    args = parser.parse_args()
+    require_sample()
+    if not shutil.which("node") or not Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).exists():
+        sys.exit("bench_web needs node and Chromium (apt-get install -y chromium)")
+    frames = [p for p in files(SAMPLE / "simpsons_dataset") if p.suffix == ".jpg"]
+    images = frames[:: max(1, len(frames) // args.images)][: args.images]
+    print(f"headless Chromium, {len(images)} real frames picked at once, a fresh profile per row")
+    print("| arch | variant | backend | img/s | first answer, s | model downloaded, s | session created, s | first picture, s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for arch in args.arch:
+        bench(arch, args.image_size, images, args.webgpu_images)
+
+
+if __name__ == "__main__":
+    main()
