@@ -28,6 +28,11 @@ OUTPUT_NAME = LOGITS  # the one output every plain model has (format 1 had only 
 VARIANTS = ("fp32", "int8", "fp16", "portable", "portable-int8")
 INTERPOLATIONS = ("bilinear", "bicubic")
 SIDECAR_SUFFIX = ".json"
+# The largest network input, and the largest resize before its centre crop (crop fraction 0.5),
+# that any export may ask for: a picture is resized to resize_size before anything else, so a
+# damaged or hostile model saying resize_size = 1e9 would otherwise allocate without bound.
+MAX_IMAGE_SIZE = 1024
+MAX_RESIZE_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -158,10 +163,10 @@ def from_dict(d: dict) -> ModelInfo:
     interpolation = p.get("interpolation", "bilinear")
     if interpolation not in INTERPOLATIONS:
         raise MetadataError(f"malformed metadata: interpolation {interpolation!r} (this runtime knows {', '.join(INTERPOLATIONS)})")
-    image_size = _number(p, "image_size", low=1, kind=int)
+    image_size = _number(p, "image_size", low=1, high=MAX_IMAGE_SIZE, kind=int)
     pre = Preprocessing(
         image_size=image_size,
-        resize_size=_number(p, "resize_size", low=image_size or 1, kind=int),
+        resize_size=_number(p, "resize_size", low=image_size or 1, high=MAX_RESIZE_FACTOR * (image_size or 1), kind=int),
         mean=_triple(p, "mean", positive=False),
         std=_triple(p, "std", positive=True),
         interpolation=interpolation,

@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
+from pathlib import Path
 from typing import TypeVar
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -60,6 +61,20 @@ def die_with_parent(parent: int) -> None:
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # reparented already: the parent is gone
         os._exit(1)
+
+
+def has_ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended: gone, or a zombie (ended, its exit status not yet
+    collected; a parent that waits on a pipe the zombie's own workers hold open never
+    collects it). Another user's process under a reused pid counts as ended."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):  # no /proc (macOS, Windows), or gone meanwhile
+        return False
 
 
 @contextlib.contextmanager

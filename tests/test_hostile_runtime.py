@@ -481,6 +481,22 @@ def test_a_sidecar_that_contradicts_the_models_metadata_is_refused(folder: Path,
                                        "(classes); the model's own metadata is the truth: re-export, or delete the sidecar\n")
 
 
+@pytest.mark.parametrize("field, value", [("resize_size", 10**9), ("resize_size", 3 * 32), ("image_size", 60000)])
+def test_a_model_asking_for_a_huge_resize_is_refused_at_load(folder: Path, tmp_path: Path, capsys, field: str, value: int):
+    """resize_size 1e9 in the metadata was a MemoryError traceback, 1e5 the process killed for
+    memory: every picture is resized to it before the crop. Above twice the crop is refused."""
+    from dataclasses import replace
+
+    from export.onnx_export import write_metadata
+
+    model = tiny.save(tiny.network(), tmp_path / "model.onnx", None)
+    info = tiny.info()
+    write_metadata(model, replace(info, preprocessing=replace(info.preprocessing, **{field: value})))
+    assert infer([str(folder), "--model", str(model), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"simpsons-infer: error: {model}: malformed metadata: {field} = {value}") and err.count("\n") == 1
+
+
 # ----- 6. listing -----
 
 def warnings_in(err: str) -> list[str]:

@@ -370,6 +370,7 @@ def test_auto_options_follow_the_start_point(pipeline_run, tmp_path: Path):
     (("--progressive", "0"), "--progressive is a share"),
     (("--average", "3"), "--average 3 must be between 1 and --epochs (2)"),
     (("--augment", "everything"), "Invalid value for '--augment'"),
+    (("--image-size", "1000", "--eval-scale", "1.25"), "--image-size x --eval-scale must stay between 16 and 1024 pixels"),
 ])
 def test_nonsensical_recipes_are_refused_before_any_work(pipeline_run, tmp_path: Path, args, message):
     result = invoke("train", "--manifest", pipeline_run["manifest"], "--out", tmp_path / "run", *TINY, "--epochs", "2", *args)

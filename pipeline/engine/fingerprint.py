@@ -28,7 +28,7 @@ from PIL import Image
 
 from pipeline.engine.schema import Status, on_disk
 from runtime.labels import is_image_name
-from runtime.parallel import deferred_interrupts, in_order
+from runtime.parallel import deferred_interrupts, has_ended, in_order
 from runtime.preprocess import ImageError, NotAnImageError, decoding, opened, orientation, to_rgb
 
 FINGERPRINT_VERSION = 3  # bump when any column's algorithm changes: the cache is keyed by it
@@ -174,19 +174,13 @@ def fingerprint_files(root: Path, files: list[dict]) -> list[dict]:
 
 def exit_with(command: int) -> None:
     """Worker initializer: end this worker once the command that started it (pid ``command``)
-    is gone. Killed with SIGKILL, a command cannot shut its pool down: its workers, children of
-    the forkserver rather than of the command, waited for work forever, and held the forkserver
-    and the resource tracker alive with them (~200 MB). A command left a zombie by a parent
-    that never reaps it still counts as alive: the shell and any supervisor reap."""
+    has ended. Killed with SIGKILL, a command cannot shut its pool down: its workers, children
+    of the forkserver rather than of the command, waited for work forever, and held the
+    forkserver and the resource tracker alive with them (~200 MB)."""
     def watch() -> None:
-        while True:
+        while not has_ended(command):
             time.sleep(PARENT_POLL)
-            try:
-                os.kill(command, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except PermissionError:  # the pid now belongs to another user's process: ours is gone
-                os._exit(1)
+        os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-command", daemon=True).start()
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from runtime.errors import SimpsonsError
+from runtime.metadata import MAX_IMAGE_SIZE
 
 RUN_FACTS = {"manifest_hash", "config_hash", "classes", "world_size"}  # written by train(), not options
 AUGMENTS = ("none", "trivial", "randaugment")
@@ -128,6 +129,8 @@ def check(c: TrainConfig) -> None:
         (not 0 <= c.ema < 1, f"--ema is a decay in (0, 1), or 0 for off; got {c.ema}"),
         (not 0 < c.progressive <= 1, f"--progressive is a share of --image-size in (0, 1], got {c.progressive}"),
         (not 1 <= c.eval_scale <= 2, f"--eval-scale must be between 1 and 2, got {c.eval_scale}"),
+        (c.image_size < 16 or eval_size(c) > MAX_IMAGE_SIZE,
+         f"--image-size x --eval-scale must stay between 16 and {MAX_IMAGE_SIZE} pixels, got {c.image_size} x {c.eval_scale}"),
         (not 1 <= c.average <= c.epochs, f"--average {c.average} must be between 1 and --epochs ({c.epochs})"),
         (c.train_from not in TRAIN_FROM, f"--train-from is one of {', '.join(map(str, TRAIN_FROM))}, got {c.train_from}"),
         (c.train_from > 1 and c.weights == "none", "--train-from freezes layers at their pretrained weights: it needs --weights"),
