@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import resource
 import shutil
@@ -78,6 +79,7 @@ def main() -> None:
         frames = [p for p in files(SAMPLE / "simpsons_dataset") if p.suffix == ".jpg"]
         issue23(work / "issue23", args.model, frames, row)
     pipeline23(work / "pipeline", row)
+    training23(work / "training", row)
     if args.cases == "all":
         issue15(work, args.model, frames, rows, row)
     print("| case | exit | peak MB | traceback | earlier output survived | what the run or rerun found |")
@@ -351,6 +353,21 @@ def issue23(work: Path, model: Path, frames: list[Path], row: Callable[..., None
     rc, peak, err = run("simpsons-infer", hundred, "--model", model, "-o", work / "link.parquet", "-q")
     row("infer -o link.parquet (a symbolic link)", rc, peak, err,
         note=f"still a link: {(work / 'link.parquet').is_symlink()}; its target written: {target.is_file()}")
+    from runtime.files import Lock
+    from runtime.metadata import sidecar_path
+
+    real = work / "real.csv"
+    (work / "alias.csv").symlink_to(real)
+    with Lock(real):  # another run writes real.csv
+        rc, peak, err = run("simpsons-infer", hundred, "--model", model, "-o", work / "alias.csv", "-q")
+    row("infer -o alias.csv, a link to real.csv, which another run is writing", rc, peak, err, note=last_line(err))
+    permuted = work / "permuted" / model.name
+    permuted.parent.mkdir()
+    shutil.copy(model, permuted)
+    sidecar = json.loads(sidecar_path(model).read_text())
+    sidecar_path(permuted).write_text(json.dumps({**sidecar, "classes": sidecar["classes"][::-1]}))  # its sha256 still matches
+    rc, peak, err = run("simpsons-infer", hundred, "--model", permuted, "-q")
+    row("infer with a sidecar whose classes are permuted (its sha256 valid)", rc, peak, err, note=last_line(err))
     fuzz_folder(work / "fuzz", 300)
     rc, peak, err = run("simpsons-infer", work / "fuzz", "--model", model, "-o", work / "fuzz.csv", "-q")
     row("infer 3,300 damaged JPEG/PNG/TIFF/WebP/GIF/BMP files", rc, peak, err, note=f"{rows_in(work / 'fuzz.csv')} rows of 3300")
@@ -386,6 +403,181 @@ def pipeline23(work: Path, row: Callable[..., None]) -> None:
         note=", ".join(f"{name} {found.get(name, 'no row')}" for name in planted))
     rc, peak, err = run("simpsons", "audit", out)
     row("audit of that manifest", rc, peak, err, note=last_line(err))
+
+
+def training23(work: Path, row: Callable[..., None]) -> None:
+    """The pipeline's other cases of issue #23 on easy generated frames and a tiny model (32 px,
+    one epoch): worker counts, kills, a full disk, resuming a copy, damaged manifests, weights
+    and checkpoints, numbers out of range, a weak model's portable export, outputs inside the
+    data, and the browser tests in a fresh clone where npm cannot install."""
+    import json
+    import pickle
+
+    import polars as pl
+    from PIL import Image
+
+    from pipeline.engine.fingerprint import PROCESS_MIN_FILES
+    from tests.conftest import TINY, easy_dataset
+    from tests.test_hostile_pipeline import Payload, descendants, survivors
+
+    data = easy_dataset(work / "data", per_class=30, test_per_class=4)
+    manifest = work / "m" / "manifest.parquet"
+    run("simpsons", "manifest", data, "--out", manifest.parent, "--no-plots")
+    tiny = [*TINY[:TINY.index("--workers")], "--epochs", "1"]
+    model = work / "run"
+    rc, peak, err = run("simpsons", "train", "--manifest", manifest, "--out", model, *tiny, "--workers", "0")
+    row("train, nothing hostile: the floor of the torch commands below (torch, a ResNet18, its optimizer)", rc, peak, err,
+        note=last_line(err, "best val"))
+
+    # 3. counts without bounds
+    rc, peak, err = run("simpsons", "manifest", data, "--out", work / "m24", "--no-plots", "--workers", "24")
+    row("manifest --workers 24", rc, peak, err, note=last_line(err, "capped"))
+
+    # 4. kills
+    many = work / "many" / "simpsons_dataset"
+    for i in range(PROCESS_MIN_FILES + 200):
+        folder = many / ("agnes_skinner", "apu_nahasapeemapetilon")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 16), (i % 256, i // 256, 90)).save(folder / f"{i:05d}.png")
+    for signum in (signal.SIGKILL, signal.SIGTERM):
+        cache = work / f"cache-{signum}"
+        os.environ["SIMPSONS_CACHE"] = str(cache)
+        proc = started("simpsons", "manifest", many.parent, "--out", work / "m-killed", "--workers", "2", "--no-plots")
+        children: set[int] = set()
+        while not next(cache.rglob("*.parquet"), None) and proc.poll() is None:  # the workers are at work
+            children |= descendants(proc.pid)
+            time.sleep(0.02)
+        children |= descendants(proc.pid)
+        proc.send_signal(signum)
+        _, err = proc.communicate()
+        left = len(survivors(children, within=10))
+        row(f"manifest of {PROCESS_MIN_FILES + 200} files, {signal.Signals(signum).name} while its workers run", proc.returncode,
+            -1, err, note=f"{len(children)} processes below it; still running 10 s later: {left}")
+    del os.environ["SIMPSONS_CACHE"]
+    killed = work / "killed"
+    proc = started("simpsons", "train", "--manifest", manifest, "--out", killed, *tiny[:-1], "100", "--workers", "2")
+    workers: set[int] = set()
+    while not (killed / "last.pt").is_file() and proc.poll() is None:  # epoch 1 done: the workers load epoch 2
+        workers |= descendants(proc.pid)
+        time.sleep(0.05)
+    workers |= descendants(proc.pid)
+    proc.kill()
+    proc.communicate()
+    left = len(survivors(workers, within=1))
+    config = json.loads((killed / "config.json").read_text())
+    (killed / "config.json").write_text(json.dumps({**config, "epochs": 2}))
+    rc, peak, err = run("simpsons", "train", "--resume", killed)
+    row("train killed (SIGKILL) in epoch 2 with 2 data-loader workers, then --resume at once", rc, peak, err,
+        note=f"{len(workers)} workers, running 1 s after the kill: {left}; {last_line(err, 'epoch') or last_line(err)}")
+
+    # 5. a full disk
+    rc, peak, err = run("simpsons", "train", "--manifest", manifest, "--out", work / "full", *tiny, "--workers", "0", file_limit=1 << 20)
+    row("train where no file may pass 1 MB (best.pt is 45 MB)", rc, peak, err, note=last_line(err))
+
+    # 7. --resume of a copy
+    copy = work / "copy"
+    shutil.copytree(model, copy)
+    before = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "epochs": 2}))
+    rc, peak, err = run("simpsons", "train", "--resume", copy)
+    same = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()} == before
+    row("train --resume COPY (the copy's config.json names the original folder)", rc, peak, err, "yes" if same else "NO",
+        note=f"the original byte-identical: {same}; the copy trained on: {json.loads((copy / 'history.json').read_text())[-1]['epoch'] == 2}")
+
+    # 8. validation
+    def damaged(name: str, damage: Callable[[Path], None]) -> Path:
+        folder = work / name
+        shutil.copytree(manifest.parent, folder)
+        damage(folder)
+        return folder
+
+    def without_mean(folder: Path) -> None:
+        stats = json.loads((folder / "stats.json").read_text())
+        (folder / "stats.json").write_text(json.dumps({k: v for k, v in stats.items() if k != "mean"}))
+
+    def edited(column: str, value: str | None) -> Callable[[Path], None]:
+        def edit(folder: Path) -> None:
+            df = pl.read_parquet(folder / "manifest.parquet")
+            first = pl.int_range(pl.len()) < 3
+            df.with_columns(pl.when(first).then(pl.lit(value)).otherwise(pl.col(column)).alias(column)).write_parquet(folder / "manifest.parquet")
+        return edit
+
+    for name, damage in [("stats.json without mean", without_mean), ("null paths", edited("path", None)),
+                         ("labels outside its classes", edited("label", "zzz"))]:
+        folder = damaged(name.replace(" ", "-"), damage)
+        for step in [("train", "--manifest", folder / "manifest.parquet", "--out", work / "r", *tiny, "--workers", "0"),
+                     ("evaluate", "--checkpoint", model / "best.pt", "--manifest", folder / "manifest.parquet", "--out", work / "e",
+                      "--workers", "0"),
+                     ("audit", folder)]:
+            rc, peak, err = run("simpsons", *step)
+            row(f"{step[0]}: a manifest with {name}", rc, peak, err, note=last_line(err))
+    bad = work / "bad"
+    bad.mkdir()
+    (bad / "code.pt").write_bytes(pickle.dumps(Payload(bad / "ran")))
+    (bad / "list.pt").write_bytes(pickle.dumps([1, 2, 3]))
+    (bad / "empty.pt").write_bytes(b"")
+    for name in ("code.pt", "list.pt", "empty.pt"):
+        weights = [bad / name if x == "none" else x for x in tiny]
+        rc, peak, err = run("simpsons", "train", "--manifest", manifest, "--out", work / "r", *weights, "--workers", "0")
+        row(f"train --weights {name}", rc, peak, err, note=f"{last_line(err)}; code ran: {(bad / 'ran').exists()}")
+        rc, peak, err = run("simpsons", "evaluate", "--checkpoint", bad / name, "--manifest", manifest, "--out", work / "e")
+        row(f"evaluate --checkpoint {name}", rc, peak, err, note=last_line(err))
+    for step in [("export", "--checkpoint", model / "best.pt", "--out", work / "nan.onnx", "--accept-known", "nan"),
+                 ("manifest", data, "--out", work / "m-nan", "--val-fraction", "nan"),
+                 *[("synth", work / "s", "--classes", "2", "--per-class", "1", "--size", size) for size in ("0x0", "-5x10", "60000x60000")]]:
+        rc, peak, err = run("simpsons", *step)
+        row(" ".join(str(x) for x in step if not isinstance(x, Path)), rc, peak, err, note=last_line(err))
+
+    # 11. a weak model's portable export; 8. a model asking for a huge resize
+    exported = work / "model.onnx"
+    rc, peak, err = run("simpsons", "export", "--checkpoint", model / "best.pt", "--out", exported, "--portable")
+    row("export --portable of a one-epoch 32 px model", rc, peak, err, note=last_line(err, "agree") or last_line(err))
+    from dataclasses import replace
+
+    from export.onnx_export import write_metadata
+    from runtime.metadata import read_sidecar
+
+    info = read_sidecar(exported)
+    for size in (10**9, 10**5):
+        hostile = work / f"resize-{size}.onnx"
+        shutil.copy(exported, hostile)
+        write_metadata(hostile, replace(info, preprocessing=replace(info.preprocessing, resize_size=size)))
+        rc, peak, err = run("simpsons-infer", data / "kaggle_simpson_testset", "--model", hostile, "-q")
+        row(f"infer with a model whose metadata says resize_size {size:.0e}", rc, peak, err, note=last_line(err))
+
+    # 9. an output inside the data; identical runs, identical statistics
+    inside = data / "simpsons_dataset" / "out"
+    for attempt in (1, 2):
+        rc, peak, err = run("simpsons", "manifest", data, "--out", inside)
+        classes = json.loads((inside / "stats.json").read_text())["classes"] if rc == 0 else []
+        row(f"manifest --out inside the data root, run {attempt}", rc, peak, err, note=f"classes: {len(classes)} (3 made)")
+    shutil.rmtree(inside)
+    stats = []
+    for attempt in (1, 2):
+        os.environ["SIMPSONS_CACHE"] = str(work / f"cache-stats-{attempt}")
+        run("simpsons", "manifest", data, "--out", work / f"stats-{attempt}", "--no-plots", "--workers", "2")
+        stats.append((work / f"stats-{attempt}" / "stats.json").read_text())
+    del os.environ["SIMPSONS_CACHE"]
+    row("two identical manifests (cold caches, 2 workers)", 0, -1, "", note=f"stats.json identical: {stats[0] == stats[1]}")
+
+    # 10. the README's test command in a fresh clone where npm cannot install the page's packages
+    clone = work / "clone"
+    subprocess.run(["git", "clone", "-q", REPO, clone], check=True)
+    fake = work / "bin"
+    fake.mkdir()
+    (fake / "npm").write_text("#!/bin/sh\necho 'npm ERR! network unreachable' >&2; exit 1\n")
+    (fake / "npm").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    env.pop("SIMPSONS_REQUIRE_BROWSER", None)
+    browser_tests = ["tests/test_web.py", "tests/test_audit.py::test_each_section_lists_exactly_the_planted_items_in_a_browser",
+                     "tests/test_review.py::test_choices_with_mouse_and_keys_survive_a_reload_and_change_the_manifest_exactly"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *browser_tests],
+                          cwd=clone, capture_output=True, text=True, env=env)
+    lines = done.stdout.strip().splitlines()
+    reason = next((x for x in lines if x.startswith("SKIPPED")), "")
+    row("the browser tests in a fresh clone where npm fails", done.returncode, -1, done.stdout + done.stderr,
+        note=f"{lines[-1].strip('= ') if lines else ''}; {reason[:80]}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ in ``last.pt`` only, the training state ``--resume`` needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import BinaryIO
 from pathlib import Path
 
 import torch
@@ -30,14 +31,37 @@ class CheckpointError(SimpsonsError):
     """A file given as a checkpoint is missing, damaged or not ours."""
 
 
+class _Writes:
+    """A file that remembers the OSError its last write raised: torch's zip writer turns a
+    failed write (a full disk) into a RuntimeError ("enforce fail at inline_container.cc"),
+    whether given a file name or a file object."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_tensors(obj: object, path: Path) -> None:
-    """``torch.save`` into a file object, replacing ``path`` whole. Given a file name, torch's
-    own writer reports a failed write (a full disk) as a RuntimeError ("enforce fail at
-    inline_container.cc"): a traceback. Through a Python file it is the OSError it is, which
-    ``atomic_write`` names and the commands print in one line."""
+    """``torch.save``, replacing ``path`` whole; a failed write is the OSError it is, which
+    ``atomic_write`` names and the commands print in one line, not torch's RuntimeError."""
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            writes = _Writes(f)
+            try:
+                torch.save(obj, writes)
+            except RuntimeError:
+                if writes.error is None:
+                    raise
+                raise writes.error from None
 
     atomic_write(path, write)
 
