@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--cases", choices=("all", "23", "pipeline"), default="all",
                         help="every case, the cases of issue #23 alone, or its pipeline cases alone (no sample, no model)")
     args = parser.parse_args()
+    args.model = args.model.resolve()  # some cases run elsewhere
     work = WORK / "reliability"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -574,10 +575,12 @@ def training23(work: Path, row: Callable[..., None]) -> None:
                      "tests/test_review.py::test_choices_with_mouse_and_keys_survive_a_reload_and_change_the_manifest_exactly"]
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *browser_tests],
                           cwd=clone, capture_output=True, text=True, env=env)
-    lines = done.stdout.strip().splitlines()
-    reason = next((x for x in lines if x.startswith("SKIPPED")), "")
+    import re
+
+    counts = ", ".join(" ".join(m) for m in re.findall(r"(\d+) (passed|skipped|failed|errors?)\b", done.stdout.splitlines()[-1]))
+    reason = next((x.split(": ", 1)[-1] for x in done.stdout.splitlines() if x.startswith("SKIPPED")), "")
     row("the browser tests in a fresh clone where npm fails", done.returncode, -1, done.stdout + done.stderr,
-        note=f"{lines[-1].strip('= ') if lines else ''}; {reason[:80]}")
+        note=f"{counts}; {reason[:90]}")
 
 
 if __name__ == "__main__":
