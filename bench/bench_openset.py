@@ -49,7 +49,7 @@ def make_root(sample: Path, left_out: str, root: Path) -> None:
 def one(sample: Path, left_out: str, args) -> dict:
     """Data root, manifest, training (kept for a rerun), evaluation; the result is also appended
     to ``--results``."""
-    work = WORK / f"openset-{args.arch}-{args.weights}-{left_out}"
+    work = WORK / f"openset-{args.arch}-{args.weights}{'-' + args.tag if args.tag else ''}-{left_out}"
     make_root(sample, left_out, work / "data")
     simpsons("manifest", work / "data", "--out", work / "out", "--no-plots")
     if not (work / "run" / "best.pt").is_file():
@@ -63,7 +63,7 @@ def one(sample: Path, left_out: str, args) -> dict:
 
     fit = torch.load(work / "run" / "best.pt", weights_only=True)["calibration"]["fit"]
     report = json.loads((work / "eval" / "report.json").read_text())
-    result = {"left_out": left_out, "arch": args.arch, "weights": args.weights, "fit": fit, "report": report,
+    result = {"left_out": left_out, "arch": args.arch, "weights": args.weights, "train_args": args.train_args, "fit": fit, "report": report,
               "ece_floor": ece_floor(work / "eval" / "predictions.csv")}
     if args.results:
         with args.results.open("a") as f:
@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--workers", default="2", help="data-loader processes per run")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--results", type=Path, default=None, help="append each result to this JSON Lines file")
+    parser.add_argument("--tag", default="", help="names the work folders, so runs with other --train-args keep their own")
     args = parser.parse_args()
     sample = require_sample()
     left_out = sorted(p.name for p in (sample / "simpsons_dataset").iterdir()) if args.leave_out == ["all"] else args.leave_out

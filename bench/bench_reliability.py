@@ -577,7 +577,8 @@ def training23(work: Path, row: Callable[..., None]) -> None:
                           cwd=clone, capture_output=True, text=True, env=env)
     import re
 
-    counts = ", ".join(" ".join(m) for m in re.findall(r"(\d+) (passed|skipped|failed|errors?)\b", done.stdout.splitlines()[-1]))
+    totals = [x for x in done.stdout.splitlines() if re.search(r"\d+ (passed|skipped|failed|errors?)\b.* in [\d.]+s", x)]
+    counts = totals[-1].strip("= ") if totals else "no summary line"
     reason = next((x.split(": ", 1)[-1] for x in done.stdout.splitlines() if x.startswith("SKIPPED")), "")
     row("the browser tests in a fresh clone where npm fails", done.returncode, -1, done.stdout + done.stderr,
         note=f"{counts}; {reason[:90]}")
