@@ -42,6 +42,8 @@ ROWS = {  # in order of priority: a lent machine's deadline cuts the last
     "cpu-224-from32-8ep": {"image_size": 224, "train_from": 32, "epochs": 8},
     "cpu-224-from32-8ep-aug-none": {"image_size": 224, "train_from": 32, "epochs": 8, "augment": "none"},
     "cpu-224-from32-8ep-backbone-1": {"image_size": 224, "train_from": 32, "epochs": 8, "backbone_lr": 1.0},
+    "backbone-1-8ep": {"backbone_lr": 1.0, "epochs": 8},
+    "backbone-1-size-160": {"backbone_lr": 1.0, "image_size": 160},
     "from-32": {"train_from": 32},
     "size-224": {"image_size": 224},
 }
