@@ -275,7 +275,7 @@ def train(resume_dir: Path | None, **options) -> None:
         config = _train_config(options)
         if not Path(config.manifest).is_file():
             raise UserError(f"{config.manifest}: manifest not found (run `simpsons manifest DATA_ROOT` first)")
-    checked_manifest(Path(config.manifest))
+        checked_manifest(Path(config.manifest))  # a resumed run first says whether its manifest changed
     with needs_train_extra("training"):
         from pipeline.training import train as trainer
     best = trainer.train(config, resume=resume_dir is not None)
