@@ -414,12 +414,11 @@ def training23(work: Path, row: Callable[..., None]) -> None:
     import json
     import pickle
 
-    import polars as pl
     from PIL import Image
 
     from pipeline.engine.fingerprint import PROCESS_MIN_FILES
     from tests.conftest import TINY, easy_dataset
-    from tests.test_hostile_pipeline import Payload, descendants, survivors
+    from tests.test_hostile_pipeline import Payload, descendants, edited, survivors, without_mean
 
     data = easy_dataset(work / "data", per_class=30, test_per_class=4)
     manifest = work / "m" / "manifest.parquet"
@@ -492,17 +491,6 @@ def training23(work: Path, row: Callable[..., None]) -> None:
         shutil.copytree(manifest.parent, folder)
         damage(folder)
         return folder
-
-    def without_mean(folder: Path) -> None:
-        stats = json.loads((folder / "stats.json").read_text())
-        (folder / "stats.json").write_text(json.dumps({k: v for k, v in stats.items() if k != "mean"}))
-
-    def edited(column: str, value: str | None) -> Callable[[Path], None]:
-        def edit(folder: Path) -> None:
-            df = pl.read_parquet(folder / "manifest.parquet")
-            first = pl.int_range(pl.len()) < 3
-            df.with_columns(pl.when(first).then(pl.lit(value)).otherwise(pl.col(column)).alias(column)).write_parquet(folder / "manifest.parquet")
-        return edit
 
     for name, damage in [("stats.json without mean", without_mean), ("null paths", edited("path", None)),
                          ("labels outside its classes", edited("label", "zzz"))]:
