@@ -10,8 +10,8 @@ in ``last.pt`` only, the training state ``--resume`` needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import BinaryIO
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import nn
