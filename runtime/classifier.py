@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,12 +25,10 @@ from runtime.listing import display_path
 from runtime.metadata import FEATURES, INPUT_NAME, LOGITS, OOD_SCORE, PROBABILITIES, ModelInfo, check_sidecar, info_from_props, read_sidecar
 from runtime.openset import check_threshold
 from runtime.parallel import in_order, usable_cores
-from runtime.preprocess import MAX_ASPECT, ImageSource, decode as decode_pixels, preprocess
+from runtime.preprocess import ImageSource, preprocess, square
 
 log = logging.getLogger("simpsons.runtime")
 UNKNOWN = "unknown"  # the label of an image the open-set score rejects
-BATCH_BYTES = 8 << 20  # frames in one portable model run, at most (a larger frame runs alone)
-WINDOW_BYTES = 64 << 20  # portable frames decoded ahead of the model, and waiting for their batch, at most each
 
 
 @dataclass(frozen=True)
@@ -245,37 +242,42 @@ class Classifier:
                           ood_score=None if ood_score is None else float(ood_score), unknown=unknown)
 
     def prepare(self, item: ImageSource) -> np.ndarray:
-        """Decode (and for the plain model, preprocess) one picture, in a decoding thread."""
+        """Decode one picture and bring it to the model's input, in a decoding thread: the
+        preprocessed float32 crop for the plain model, the uint8 square around it for the
+        portable one (``square``: the graph then sees the same pixels)."""
         if self.portable:
-            return decode_pixels(item, min_size=self.info.preprocessing.resize_size)
+            return square(item, self.info.preprocessing)
         return preprocess(item, self.info.preprocessing)
-
-    def window(self, batch_size: int) -> int:
-        """How many pictures may be decoding or decoded ahead of the model: two batches, or for
-        the portable model, whose frames are larger, as many of the largest frames ``decode``
-        gives (shorter side under twice the resize size, at most ``MAX_ASPECT``:1) as fit in
-        ``WINDOW_BYTES``, so what waits in the window stays bounded whatever the frames."""
-        if not self.portable:
-            return 2 * batch_size
-        largest = 3 * MAX_ASPECT * (2 * self.info.preprocessing.resize_size) ** 2
-        return max(2, min(2 * batch_size, WINDOW_BYTES // largest))
 
     def iter_predict(
         self, items: Iterable[ImageSource], top_k: int = 1, batch_size: int = 32
     ) -> Iterator[Result]:
         """Results in input order. Decoding runs in a thread pool while the model runs; at most
-        a few batches are in flight, so memory stays flat however many files there are.
-        Decoded frames wait in one batch per picture size (``SizeBatches``)."""
-        batches = SizeBatches(self, top_k, batch_size)
+        two batches are in flight, so memory stays flat however many files there are."""
+        ready: list[tuple[ImageSource, np.ndarray | str]] = []  # an array, or why there is none
         with ThreadPoolExecutor(self.workers) as pool:
-            for source, future in in_order(pool, self.prepare, items, self.window(batch_size)):
+            for source, future in in_order(pool, self.prepare, items, 2 * batch_size):
                 try:
-                    batches.add(source, future.result())
+                    ready.append((source, future.result()))
                 except (SimpsonsError, OSError) as e:  # a bad file is a row, not a crash
-                    batches.fail(source, str(e) or type(e).__name__)
-                yield from batches.answered()
-            batches.flush()
-            yield from batches.answered()
+                    ready.append((source, str(e) or type(e).__name__))
+                if len(ready) == batch_size:
+                    yield from self._answer(ready, top_k)
+                    ready.clear()
+            yield from self._answer(ready, top_k)
+
+    def _answer(self, ready: Sequence[tuple[ImageSource, np.ndarray | str]], top_k: int) -> Iterator[Result]:
+        """One model run over what decoded; every input gets its result, in order."""
+        arrays = [a for _, a in ready if isinstance(a, np.ndarray)]
+        out = self.run(np.stack(arrays)) if arrays else None
+        row = 0
+        for source, array in ready:
+            if isinstance(array, str):
+                yield Result(source, None, array)
+                continue
+            ood = None if out.ood_score is None else out.ood_score[row]
+            yield Result(source, self.prediction(out.probabilities[row], ood, top_k))
+            row += 1
 
     def predict(self, items: Sequence[ImageSource], top_k: int = 1, batch_size: int = 32) -> list[Prediction]:
         """Predictions for paths, PIL images or uint8 arrays; a bad item raises ValueError."""
@@ -284,64 +286,6 @@ class Classifier:
         if failed:
             raise ValueError(f"{_name(failed[0].source)}: {failed[0].error}")
         return [r.prediction for r in results]
-
-
-class SizeBatches:
-    """Inputs in order, their decoded frames waiting in one batch per picture size: one graph
-    run of the portable model takes one size, and frames of many sizes interleave (a plain
-    model's inputs are all one size, so it has one batch). A batch runs when it is full
-    (``batch_size`` frames, or ``BATCH_BYTES``: the graph holds several times its input while
-    it resizes), or when the oldest unanswered input waits in it while more than ``hold``
-    inputs or ``WINDOW_BYTES`` of frames queue behind: results leave in input order, and what
-    waits stays bounded. Grouping over ``hold`` inputs rather than one batch's worth doubles
-    the mean batch of real frames (31 sizes in 256 sample frames: 3.0 -> 6.1 frames a run)."""
-
-    def __init__(self, clf: Classifier, top_k: int, batch_size: int):
-        self.clf, self.top_k, self.batch_size = clf, top_k, batch_size
-        self.hold = 4 * batch_size
-        self.order: deque[list] = deque()  # [source, batch key, Prediction | error | None]
-        self.waiting: dict[tuple, list[tuple[list, np.ndarray]]] = {}
-        self.bytes = 0  # of the frames waiting
-
-    def add(self, source: ImageSource, array: np.ndarray) -> None:
-        key = array.shape if self.clf.portable else ()
-        entry = [source, key, None]
-        self.order.append(entry)
-        batch = self.waiting.setdefault(key, [])
-        batch.append((entry, array))
-        self.bytes += array.nbytes
-        if len(batch) == self.batch_size or self._over(sum(a.nbytes for _, a in batch), BATCH_BYTES):
-            self._run(key)
-        elif len(self.order) > self.hold or self._over(self.bytes, WINDOW_BYTES):
-            self._run(self.order[0][1])
-
-    def _over(self, size: int, limit: int) -> bool:
-        """Whether portable frames exceed a byte limit (a plain model's inputs are all one small
-        size: the count bounds them, and its batches stay whole)."""
-        return self.clf.portable and size >= limit
-
-    def fail(self, source: ImageSource, reason: str) -> None:
-        self.order.append([source, None, reason])
-
-    def flush(self) -> None:
-        for key in list(self.waiting):
-            self._run(key)
-
-    def answered(self) -> Iterator[Result]:
-        """The results of the inputs at the head of the order that have one."""
-        while self.order and self.order[0][2] is not None:
-            source, _, outcome = self.order.popleft()
-            yield Result(source, outcome) if isinstance(outcome, Prediction) else Result(source, None, outcome)
-
-    def _run(self, key: tuple) -> None:
-        batch = self.waiting.pop(key, [])
-        if not batch:
-            return
-        self.bytes -= sum(a.nbytes for _, a in batch)
-        out = self.clf.run(np.stack([a for _, a in batch]))
-        for row, (entry, _) in enumerate(batch):
-            ood = None if out.ood_score is None else out.ood_score[row]
-            entry[2] = self.clf.prediction(out.probabilities[row], ood, self.top_k)
 
 
 def _name(source: ImageSource) -> str:

@@ -199,36 +199,6 @@ def load_image(source: ImageSource, min_size: int | None = None) -> Image.Image:
     return decoded(source, lambda img: img, min_size)
 
 
-def _frame(img: Image.Image, min_size: int | None) -> np.ndarray:
-    """The pixels the portable model gets (see ``decode``)."""
-    if min_size:
-        factor = min(img.size) // min_size
-        if factor >= 2:
-            img = img.reduce(factor)
-    array = np.asarray(img)
-    h, w = array.shape[:2]
-    if w > MAX_ASPECT * h:
-        keep = MAX_ASPECT * h
-        array = array[:, (w - keep) // 2 : (w - keep) // 2 + keep]
-    elif h > MAX_ASPECT * w:
-        keep = MAX_ASPECT * w
-        array = array[(h - keep) // 2 : (h - keep) // 2 + keep]
-    return array
-
-
-def decode(source: ImageSource, min_size: int | None = None) -> np.ndarray:
-    """The decoded picture as RGB uint8 HxWx3: the input of the portable model, which resizes
-    and normalises inside its graph (as a browser would feed it).
-
-    With ``min_size`` (the model's resize size) the picture is reduced as a JPEG's draft mode
-    reduces it, for every format: by the largest whole factor that keeps the shorter side
-    >= ``min_size`` (a box filter), since the graph's resize needs no more. The graph holds
-    about 15 bytes per input pixel, so full 24 MP frames would cost 400 MB each. A picture more
-    elongated than ``MAX_ASPECT`` keeps only its centre ``MAX_ASPECT``:1 part, all the centre
-    crop can use, so the graph's resize never grows a 65000x1 strip to gigapixels."""
-    return decoded(source, functools.partial(_frame, min_size=min_size), min_size)
-
-
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     """Shorter side to ``shorter``, aspect kept; the rounding matches torchvision's Resize(int)."""
     if width <= height:
@@ -236,23 +206,37 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     return int(shorter * width / height), shorter
 
 
-def resize_crop(img: Image.Image, p: Preprocessing) -> Image.Image:
-    """Resize the shorter side to ``resize_size``, then take the centre square (torchvision's
-    rounding, pixel for pixel).
+def resize_crop(img: Image.Image, p: Preprocessing, size: int | None = None) -> Image.Image:
+    """Resize the shorter side to ``resize_size``, then take the centre square of side
+    ``image_size`` (torchvision's rounding, pixel for pixel). With ``size`` (up to
+    ``resize_size``), a larger square around that crop, placed so that its own centre
+    ``image_size`` square (the portable graph's crop) is exactly the same pixels.
 
     A very elongated image (a 65000x1 strip) would resize to millions of pixels, so beyond
     ``MAX_ASPECT`` only the square is resampled: Pillow's ``box`` maps it onto the source at the
     full resize's scale, giving the same picture (to rounding) with work and memory bounded by
     the crop."""
     w, h = resized_size(img.width, img.height, p.resize_size)
-    top = int(round((h - p.image_size) / 2.0))
-    left = int(round((w - p.image_size) / 2.0))
+    size = size or p.image_size
+    margin = int(round((size - p.image_size) / 2.0))
+    top = int(round((h - p.image_size) / 2.0)) - margin
+    left = int(round((w - p.image_size) / 2.0)) - margin
     resample = _INTERPOLATION[p.interpolation]
     if max(w, h) <= MAX_ASPECT * p.resize_size:
-        return img.resize((w, h), resample).crop((left, top, left + p.image_size, top + p.image_size))
+        return img.resize((w, h), resample).crop((left, top, left + size, top + size))
     sx, sy = img.width / w, img.height / h
-    box = (left * sx, top * sy, (left + p.image_size) * sx, (top + p.image_size) * sy)
-    return img.resize((p.image_size, p.image_size), resample, box=box)
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return img.resize((size, size), resample, box=box)
+
+
+def square(source: ImageSource, p: Preprocessing) -> np.ndarray:
+    """The RGB uint8 ``resize_size`` square the Python runtime hands a portable model: the
+    picture resized as ``preprocess`` resizes it, cut around its centre crop (``resize_crop``).
+    On it the graph's antialiased Resize is the identity and its crop takes ``preprocess``'s
+    very pixels, so both kinds of model answer alike here; Pillow resizes several times faster
+    than onnxruntime's Resize, and frames of one size batch whole. Other runtimes (the browser
+    page) hand the graph pictures of any size."""
+    return decoded(source, lambda img: np.asarray(resize_crop(img, p, p.resize_size)), min_size=p.resize_size)
 
 
 def normalise(img: Image.Image, p: Preprocessing) -> np.ndarray:

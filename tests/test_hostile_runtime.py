@@ -209,45 +209,26 @@ def test_a_huge_jpeg_reaches_the_portable_model_reduced(portable: Path, tmp_path
     assert read_rows(tmp_path / "rows.csv")[0]["status"] == "ok"
 
 
-def test_portable_frames_are_reduced_like_a_jpeg_draft(tmp_path: Path):
-    from runtime.preprocess import decode
-
-    Image.new("RGB", (400, 100), RED).save(tmp_path / "wide.png")
-    assert decode(tmp_path / "wide.png").shape == (100, 400, 3)
-    assert decode(tmp_path / "wide.png", min_size=18).shape == (20, 80, 3)  # / 5: the shorter side stays >= 18
-    assert decode(tmp_path / "wide.png", min_size=60).shape == (100, 400, 3)  # / 1
-    assert decode(tmp_path / "wide.png", min_size=40).shape == (50, 200, 3)  # / 2
-
-
-def test_portable_batches_are_cut_by_bytes(portable: Path, monkeypatch):
-    from runtime import classifier
-
-    monkeypatch.setattr(classifier, "BATCH_BYTES", 3000)
-    clf = classifier.Classifier(portable, device="cpu")
-    runs = []
-    real = clf.run
-    monkeypatch.setattr(clf, "run", lambda batch: runs.append(len(batch)) or real(batch))
-    frames = [np.full((20, 20, 3), 200, np.uint8)] * 10  # 1200 bytes each
-    assert len(clf.predict(frames, batch_size=32)) == 10
-    assert runs == [3, 3, 3, 1]
-
-
-def test_portable_frames_of_one_size_share_a_run_across_interleaved_sizes(portable: Path, monkeypatch):
-    """Frames of two sizes, alternating: each size fills whole batches (four runs of four, not
-    eight runs of two), and every answer comes back in input order, as frame by frame."""
+def test_portable_frames_of_any_size_run_in_whole_batches_in_input_order(portable: Path, monkeypatch):
+    """Frames of two sizes, alternating, and a broken one: each model run takes a whole batch
+    (every frame is brought to one square size first), and every answer comes back in input
+    order, as frame by frame."""
     from runtime import classifier
 
     clf = classifier.Classifier(portable, device="cpu")
     runs = []
     real = clf.run
-    monkeypatch.setattr(clf, "run", lambda batch: runs.append(batch.shape[:3]) or real(batch))
+    monkeypatch.setattr(clf, "run", lambda batch: runs.append(batch.shape) or real(batch))
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (20, 30, 3) if i % 2 else (24, 18, 3), dtype=np.uint8) for i in range(16)]
-    batched = clf.predict(frames, top_k=3, batch_size=4)
-    assert runs == [(4, 24, 18), (4, 20, 30)] * 2
+    side = clf.info.preprocessing.resize_size
+    batched = list(clf.iter_predict([*frames[:5], np.zeros((2, 2), np.float64), *frames[5:]], top_k=3, batch_size=4))
+    assert runs[:5] == [(4, side, side, 3), (3, side, side, 3), (4, side, side, 3), (4, side, side, 3), (1, side, side, 3)]
+    assert batched[5].prediction is None and "uint8" in batched[5].error
     alone = [clf.predict([frame], top_k=3)[0] for frame in frames]
-    assert [p.top_k[0][0] for p in batched] == [p.top_k[0][0] for p in alone]
-    np.testing.assert_allclose([p.confidence for p in batched], [p.confidence for p in alone], atol=1e-5)
+    answers = [r.prediction for r in batched[:5] + batched[6:]]
+    assert [p.top_k[0][0] for p in answers] == [p.top_k[0][0] for p in alone]
+    np.testing.assert_allclose([p.confidence for p in answers], [p.confidence for p in alone], atol=1e-5)
 
 
 def test_the_decoding_budget_lets_large_pictures_take_turns():
@@ -683,10 +664,10 @@ def fuzz_folder(root: Path, cases: int) -> list[Path]:
 
 
 def check_fuzz(files: list[Path], root: Path, model: Path, tmp_path: Path, capsys) -> None:
-    from runtime.preprocess import decode, preprocess
+    from runtime.preprocess import preprocess, square
 
     for path in files:  # the runtime's own entry points: a picture, or ImageError; nothing else
-        for call in (load_image, lambda p: preprocess(p, tiny.PRE), lambda p: decode(p, min_size=tiny.PRE.resize_size)):
+        for call in (load_image, lambda p: preprocess(p, tiny.PRE), lambda p: square(p, tiny.PRE)):
             try:
                 call(path)
             except ImageError as e:

@@ -17,7 +17,7 @@ from runtime import UNKNOWN, Classifier, DeviceError, ModelError
 from runtime.classifier import nvidia_driver
 from runtime.cli import main as infer
 from runtime.metadata import Preprocessing, encode, sidecar_path
-from runtime.preprocess import preprocess
+from runtime.preprocess import preprocess, square
 from tests import tiny_models as tiny
 from tests.conftest import EASY_CLASSES, easy_dataset
 
@@ -175,7 +175,7 @@ def test_portable_model_runs_from_pixels_and_agrees(model: Path, images: Path, g
     for p, q in zip(a, b):
         assert abs(p.confidence - q.confidence) < 0.02 and abs(p.ood_score - q.ood_score) < 0.05
     mixed = [np.zeros((20, 30, 3), np.uint8), np.full((31, 17, 3), 200, np.uint8), Image.open(files[0])]
-    assert len(pixels.predict(mixed)) == 3  # different sizes in one call: one model run per size
+    assert len(pixels.predict(mixed)) == 3  # different sizes in one call
     assert json.loads(sidecar_path(portable).read_text())["inputs"][0]["dtype"] == "uint8"
 
 
@@ -200,6 +200,9 @@ def test_the_portable_graph_preprocesses_as_the_python_runtime(size, rng):
     steps = (got[0] - preprocess(img, pre)) * (255 * np.asarray(pre.std, np.float32)).reshape(3, 1, 1)
     assert got.shape == (1, 3, 32, 32)
     assert np.abs(steps).max() <= 1.0 + 1e-3 and np.abs(steps).mean() < 0.05
+    # what the Python runtime hands a portable model: on it the graph sees preprocess's very pixels
+    (exact,) = session.run(None, {"image": square(img, pre)[None]})
+    np.testing.assert_allclose(exact[0], preprocess(img, pre), atol=1e-5)
 
 
 def test_sidecar_stands_in_for_missing_metadata_and_must_match(model: Path, images: Path, tmp_path: Path, capsys):
