@@ -14,7 +14,9 @@ soon as it is ready. Rows:
   ``--webgpu-images`` frames (SwiftShader takes seconds a picture).
 img/s counts the page's whole work per picture (decode, graph, result card); "first answer" is
 seconds from opening the page to the first picture's answer, then its parts: model downloaded,
-session created, first picture classified (its own share).
+session created, first picture classified (its own share). "agrees with Python": the page's
+top-1 against the Python runtime's plain model of the same precision on the same frames, over
+all and on Python's clear answers (top two at least ``CLEAR_MARGIN`` apart).
 
     .venv/bin/python bench/bench_web.py [--arch resnet18 efficientnet_lite0] [--images 128] [--webgpu-images 8]
 """
@@ -35,6 +37,7 @@ from pathlib import Path
 from common import REPO, SAMPLE, edge_model, files, require_sample
 
 VARIANTS = {"fp32": "model.portable.onnx", "int8": "model.portable.int8.onnx"}
+PLAIN = {"fp32": "model.onnx", "int8": "model.int8.onnx"}  # the Python runtime's model of the same precision
 RUNS = [("WASM, 1 thread", "?backend=wasm&threads=1", "off"), ("WASM, every core", "?backend=wasm", "off")]
 WEBGPU = ("WebGPU on SwiftShader", "", "swiftshader")
 
@@ -73,12 +76,24 @@ def visit(web: Path, query: str, webgpu: str, images: list[Path]) -> dict:
     return report
 
 
-def row(arch: str, variant: str, name: str, report: dict) -> str:
+def python_answers(plain: Path, images: list[Path]) -> list[tuple[str, bool]]:
+    """The Python runtime's top-1 for each image with ``plain``, and whether it is a clear answer."""
+    from export.onnx_export import CLEAR_MARGIN
+    from runtime import Classifier
+
+    predictions = Classifier(plain, device="cpu", unknown=False).predict(images, top_k=2)
+    return [(p.top_k[0][0], p.top_k[0][1] - p.top_k[1][1] >= CLEAR_MARGIN) for p in predictions]
+
+
+def row(arch: str, variant: str, name: str, report: dict, python: list[tuple[str, bool]]) -> str:
     t = report["timings"]
     rate = len(report["results"]) / report["seconds"]
     engine = f"{report['backend']}, {report['threads']} thread(s)" if report["backend"] == "wasm" else report["backend"]
+    same = [(r["top"][0][0] == label, clear) for r, (label, clear) in zip(report["results"], python)]
+    clear = [agree for agree, is_clear in same if is_clear]
+    agrees = f"{sum(a for a, _ in same) / len(same):.1%} ({sum(clear) / max(len(clear), 1):.1%} of {len(clear)} clear)"
     return (f"| {arch} | {variant} | {name} ({engine}) | {rate:.1f} | {t['first_answer_s']:.2f} | {t['model_fetched_s']:.2f} | "
-            f"{t['session_created_s']:.2f} | {t['first_picture_s']:.3f} |")
+            f"{t['session_created_s']:.2f} | {t['first_picture_s']:.3f} | {agrees} |")
 
 
 def bench(arch: str, image_size: int, images: list[Path], webgpu_images: int) -> None:
@@ -91,11 +106,13 @@ def bench(arch: str, image_size: int, images: list[Path], webgpu_images: int) ->
     for variant, model in VARIANTS.items():
         web = page(folder, model)
         label = variant + (" (shipped)" if model == shipped else "")
+        python = python_answers(folder / PLAIN[variant], images)
         for name, query, webgpu in RUNS:
-            print(row(arch, label, name, visit(web, query, webgpu, images)), flush=True)
+            print(row(arch, label, name, visit(web, query, webgpu, images), python), flush=True)
         if model == shipped and webgpu_images:
             name, query, webgpu = WEBGPU
-            print(row(arch, label, f"{name}, {webgpu_images} frames", visit(web, query, webgpu, images[:webgpu_images])), flush=True)
+            report = visit(web, query, webgpu, images[:webgpu_images])
+            print(row(arch, label, f"{name}, {webgpu_images} frames", report, python[:webgpu_images]), flush=True)
 
 
 def main() -> None:
@@ -111,8 +128,9 @@ def main() -> None:
     frames = [p for p in files(SAMPLE / "simpsons_dataset") if p.suffix == ".jpg"]
     images = frames[:: max(1, len(frames) // args.images)][: args.images]
     print(f"headless Chromium, {len(images)} real frames picked at once, a fresh profile per row")
-    print("| arch | variant | backend | img/s | first answer, s | model downloaded, s | session created, s | first picture, s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| arch | variant | backend | img/s | first answer, s | model downloaded, s | session created, s | first picture, s | "
+          "agrees with Python |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for arch in args.arch:
         bench(arch, args.image_size, images, args.webgpu_images)
 

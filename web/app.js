@@ -1,14 +1,16 @@
 // The page's whole logic: make the page cross-origin isolated (sw.js) so WebAssembly can use
 // every core, read the sidecar, check it describes the model file, load the portable model
 // (uint8 RGB pixels in, calibrated probabilities and the open-set score out) on WebGPU where the
-// browser has it and on WebAssembly otherwise, then classify each picture the user drops: the
-// browser decodes it, the graph does the rest.
+// browser has it and on WebAssembly otherwise, then classify the pictures the user drops: the
+// browser decodes each and draws the square the model looks at, the graph does the rest, a
+// batch of pictures a run.
 //
 // Query parameters, for measuring: ?backend=wasm skips WebGPU; ?threads=N caps the WASM threads.
 
 const SIDECAR = "model.portable.json";
 const TOP = 3;
-const LOOKAHEAD = 4; // pictures decoding ahead of the model
+const BATCH = 8; // pictures per model run (the first runs alone: a quick first answer)
+const LOOKAHEAD = 2 * BATCH; // pictures decoding ahead of the model
 // Idle WASM threads sleep rather than spin: the browser decodes the next pictures meanwhile.
 const SLEEPING = { extra: { session: { intra_op: { allow_spinning: "0" } } } };
 const RELOADED = "simpsons.isolation-reload"; // sessionStorage: when the page was first opened, set before reloading itself
@@ -118,56 +120,77 @@ async function loadModel() {
   return { meta, ...created };
 }
 
-// The size a frame is drawn at before the graph: reduced so that its shorter side is twice the
-// graph's resize target (never enlarged). The graph's own antialiased resize then does the last
-// factor of two or more, so the browser's reduction barely shows in the answer, while the graph
-// (whose cost grows with the pixels it gets) no longer resizes a camera-sized frame.
-function drawnSize(width, height, resizeSize) {
-  const scale = Math.min(1, (2 * resizeSize) / Math.min(width, height));
-  return [Math.max(1, Math.ceil(width * scale)), Math.max(1, Math.ceil(height * scale))];
+// Python's round() (half to even), as the crop offsets in runtime.preprocess and the graph.
+function roundHalfEven(x) {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 ? r - 1 : r;
 }
 
-// Decoded RGB uint8 pixels, [1, H, W, 3]; transparency flattened onto white, EXIF orientation
-// applied, no colour-space conversion: what the Python runtime decodes too.
+// The part of a width x height picture the model sees, as the Python runtime hands it to the
+// portable graph (runtime.preprocess.square): the shorter side resized to resize_size, the
+// resize_size square around the centre crop. A source rectangle, in the picture's pixels.
+function square(width, height, { resize_size: side, image_size: crop }) {
+  const [w, h] = width <= height ? [side, Math.floor((side * height) / width)] : [Math.floor((side * width) / height), side];
+  const margin = roundHalfEven((side - crop) / 2);
+  const top = roundHalfEven((h - crop) / 2) - margin;
+  const left = roundHalfEven((w - crop) / 2) - margin;
+  return [(left * width) / w, (top * height) / h, (side * width) / w, (side * height) / h];
+}
+
+// Decoded RGB uint8 pixels of that square, drawn by the browser at resize_size x resize_size;
+// transparency flattened onto white, EXIF orientation applied, no colour-space conversion, as
+// the Python runtime decodes. On it the graph's own resize is the identity, so every picture
+// has one size and pictures run through the model in batches. The square is also the result
+// card's picture (``thumbnail``): the picture is decoded once.
 async function pixels(file, model) {
   const bitmap = await createImageBitmap(file, { imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none" });
-  const [width, height] = drawnSize(bitmap.width, bitmap.height, model.meta.preprocessing.resize_size);
-  const canvas = new OffscreenCanvas(width, height);
+  const side = model.meta.preprocessing.resize_size;
+  const canvas = new OffscreenCanvas(side, side);
   const context = canvas.getContext("2d", { willReadFrequently: true });
   context.imageSmoothingQuality = "high";
   context.fillStyle = "#fff";
-  context.fillRect(0, 0, width, height);
-  context.drawImage(bitmap, 0, 0, width, height);
+  context.fillRect(0, 0, side, side);
+  context.drawImage(bitmap, ...square(bitmap.width, bitmap.height, model.meta.preprocessing), 0, 0, side, side);
   bitmap.close();
-  const rgba = context.getImageData(0, 0, width, height).data;
-  const rgb = new Uint8Array(width * height * 3);
+  const rgba = context.getImageData(0, 0, side, side).data;
+  const rgb = new Uint8Array(side * side * 3);
   for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
     rgb[j] = rgba[i];
     rgb[j + 1] = rgba[i + 1];
     rgb[j + 2] = rgba[i + 2];
   }
-  return new model.ort.Tensor("uint8", rgb, [1, height, width, 3]);
+  return { rgb, thumbnail: canvas.transferToImageBitmap() };
 }
 
-async function classify(model, file, decoding) {
-  const outputs = await model.session.run({ image: await decoding });
-  const probs = outputs.probabilities.data;
-  const order = [...probs.keys()].sort((a, b) => probs[b] - probs[a]).slice(0, TOP);
-  const top = order.map((i) => [model.meta.classes[i], probs[i]]);
-  const ood = outputs.ood_score ? outputs.ood_score.data[0] : null;
+// One model run over decoded pictures: their results, in order.
+async function classify(model, names, frames) {
+  const side = model.meta.preprocessing.resize_size;
+  const batch = new Uint8Array(frames.length * side * side * 3);
+  frames.forEach(({ rgb }, i) => batch.set(rgb, i * rgb.length));
+  const outputs = await model.session.run({ image: new model.ort.Tensor("uint8", batch, [frames.length, side, side, 3]) });
+  const classes = model.meta.classes.length;
   const threshold = model.meta.ood_threshold;
-  const unknown = ood !== null && threshold !== null && threshold !== undefined && ood > threshold;
-  return { name: file.name, label: unknown ? "unknown" : top[0][0], unknown, ood_score: ood, top, error: null };
+  return names.map((name, row) => {
+    const probs = outputs.probabilities.data.subarray(row * classes, (row + 1) * classes);
+    const order = [...probs.keys()].sort((a, b) => probs[b] - probs[a]).slice(0, TOP);
+    const top = order.map((i) => [model.meta.classes[i], probs[i]]);
+    const ood = outputs.ood_score ? outputs.ood_score.data[row] : null;
+    const unknown = ood !== null && threshold !== null && threshold !== undefined && ood > threshold;
+    return { name, label: unknown ? "unknown" : top[0][0], unknown, ood_score: ood, top, error: null };
+  });
 }
 
-function card(file, result) {
+const failure = (name, error) => ({ name, label: null, unknown: false, ood_score: null, top: [], error: String(error?.message || error) });
+
+// A result card: the square the model looked at (blank for a picture that failed), the file's
+// name, the verdict and the top classes' bars.
+function card(file, result, thumbnail) {
   const element = document.createElement("div");
   element.className = "card" + (result.error ? " failed" : result.unknown ? " unknown" : "");
-  const image = document.createElement("img");
-  image.alt = "";
-  if (!result.error) {
-    image.src = URL.createObjectURL(file);
-    image.onload = () => URL.revokeObjectURL(image.src);
+  const image = document.createElement("canvas");
+  if (thumbnail) {
+    [image.width, image.height] = [thumbnail.width, thumbnail.height];
+    image.getContext("bitmaprenderer").transferFromImageBitmap(thumbnail);
   }
   const body = document.createElement("div");
   body.className = "body";
@@ -198,6 +221,14 @@ function card(file, result) {
 // the previous pictures' inference instead of adding to it.
 async function classifyAll(model, files) {
   const started = performance.now();
+  // Where the loop's time goes, summed over the pictures (state.timings): waiting for decodes,
+  // the model's runs, drawing the result cards.
+  let mark = started;
+  const spent = (key) => {
+    const now = performance.now();
+    state.timings[key] = (state.timings[key] || 0) + (now - mark) / 1000;
+    mark = now;
+  };
   const decode = (i) => {
     const decoding = i < files.length ? pixels(files[i], model) : null;
     decoding?.catch(() => {}); // a failure is reported in its turn, below
@@ -205,20 +236,34 @@ async function classifyAll(model, files) {
   };
   const ahead = Array.from({ length: LOOKAHEAD }, (_, i) => decode(i));
   let done = 0;
-  for (const [i, file] of files.entries()) {
-    const decoding = ahead.shift();
-    ahead.push(decode(i + LOOKAHEAD));
-    let result;
+  for (let start = 0; start < files.length; ) {
+    const group = files.slice(start, start + (start ? BATCH : 1));
+    const decoded = await Promise.allSettled(group.map((_, k) => {
+      ahead.push(decode(start + k + LOOKAHEAD));
+      return ahead.shift();
+    }));
+    start += group.length;
+    spent("waiting_for_pictures_s");
+    const good = group.filter((_, k) => decoded[k].status === "fulfilled");
+    let answers = [];
     try {
-      result = await classify(model, file, decoding);
-      firstAnswer(started);
+      if (good.length) {
+        answers = await classify(model, good.map((file) => file.name), decoded.filter((d) => d.status === "fulfilled").map((d) => d.value));
+        firstAnswer(started);
+      }
     } catch (error) {
-      result = { name: file.name, label: null, unknown: false, ood_score: null, top: [], error: String(error?.message || error) };
+      answers = good.map((file) => failure(file.name, error));
     }
-    state.results.push(result);
-    $("results").append(card(file, result));
-    done += 1;
+    spent("model_s");
+    for (const [k, file] of group.entries()) {
+      const ok = decoded[k].status === "fulfilled";
+      const result = ok ? answers.shift() : failure(file.name, decoded[k].reason);
+      state.results.push(result);
+      $("results").append(card(file, result, ok && !result.error ? decoded[k].value.thumbnail : null));
+    }
+    done += group.length;
     status(`Classified ${done} of ${files.length} pictures...`);
+    spent("cards_s");
   }
   state.seconds += (performance.now() - started) / 1000;
   const failed = state.results.filter((r) => r.error).length;
