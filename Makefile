@@ -14,12 +14,13 @@ EPOCHS  ?=
 IMAGE_SIZE ?=
 TRAIN_ARGS ?=
 UNKNOWN ?=
-# `make demo`: built-in cartoon data, a small model trained from scratch on the CPU
+# `make demo`: built-in cartoon data, EfficientNet-Lite0 fine-tuned from the ImageNet weights its
+# package installs (no download), on the CPU, at 80 px: the one setting measured by
+# bench/bench_demo.py that clears both quality bars (test macro-F1 >= 0.94, unknown AUROC >= 0.95),
+# at 1.8x the training time of ResNet18 from scratch (README, "Results"; BENCHMARKS, "Demo").
 DEMO    ?= demo
 DEMO_SYNTH ?= --per-class 50 --unknown 120
-# The scratch recipe, without progressive resizing: the demo's 64 px crops are too small to start
-# at half size (val macro-F1 about 0.82 instead of 0.965 after 12 epochs).
-DEMO_TRAIN ?= ARCH=resnet18 WEIGHTS=none EPOCHS=12 IMAGE_SIZE=64 TRAIN_ARGS="--progressive 1"
+DEMO_TRAIN ?= ARCH=efficientnet_lite0 WEIGHTS=imagenet EPOCHS=12 IMAGE_SIZE=80
 
 .PHONY: setup test test-fast gpu-check data train evaluate export infer audit web bench demo demo-run summary edge-check clean
 
