@@ -171,6 +171,34 @@ def test_a_bad_weights_or_checkpoint_file_is_one_line(trained: dict, tmp_path: P
     assert not (tmp_path / "ran").exists()
 
 
+REFUSED_BEFORE_TORCH = """
+import atexit, sys
+atexit.register(lambda: print("torch imported:", "torch" in sys.modules))
+from pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_empty_or_missing_checkpoint_or_weights_file_is_refused_before_torch_is_imported(trained: dict, tmp_path: Path):
+    """Said in a second and 80 MB, not after importing torch (700 MB): the one-line message
+    that torch's own failure would give."""
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    weights = list(TINY)
+    weights[weights.index("--weights") + 1] = empty
+    for args, message in [
+        (["evaluate", "--checkpoint", empty, "--manifest", trained["manifest"], "--out", tmp_path / "ev"], "the file is empty or cut short"),
+        (["export", "--checkpoint", tmp_path / "missing.pt", "--out", tmp_path / "m.onnx"], "checkpoint not found"),
+        (["train", "--manifest", trained["manifest"], "--out", tmp_path / "run", *weights], "the file is empty or cut short"),
+        (["evaluate", "--checkpoint", tmp_path, "--manifest", trained["manifest"], "--out", tmp_path / "ev"], "is a folder"),
+    ]:
+        done = subprocess.run([sys.executable, "-c", REFUSED_BEFORE_TORCH, *map(str, args)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1, (args[0], done.stderr[-500:])
+        assert done.stdout == "torch imported: False\n", args[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ev").exists()
+
+
 def test_nan_is_refused_where_a_number_is_expected(trained: dict, tmp_path: Path):
     assert "not a finite number" in one_line_error(invoke("manifest", trained["data"], "--out", tmp_path / "m", "--val-fraction", "nan"))
     assert "not a finite number" in one_line_error(invoke("export", "--checkpoint", trained["run"] / "best.pt", "--out",
