@@ -1,4 +1,4 @@
-"""The browser page in headless Chromium: images/s on one WASM thread, on every core, and on
+"""The browser page in headless Chromium: images/s on every core but one (the default), on every core, and on
 WebGPU, and the time from opening the page to its first answer, per architecture and variant.
 
 For each ``--arch``, the model ``common.edge_model`` trains briefly on the real sample and
@@ -7,8 +7,9 @@ exports; ``make web`` builds a page for each portable file (fp32, int8), a local
 web/test/browser.mjs opens it in a fresh profile (a first visit: the service worker's reload,
 the model's download and the session are all counted) and picks ``--images`` real frames as
 soon as it is ready. Rows:
-- WASM, 1 thread (``?backend=wasm&threads=1``): the page as it ran before it was isolated;
-- WASM, every core (``?backend=wasm``);
+- WASM, every core but one (``?backend=wasm``): the page's default, the model in its worker
+  on those cores, the page's thread and the browser's decoders on the last one;
+- WASM, every core (``?backend=wasm&threads=CORES``);
 - WebGPU (Chromium on SwiftShader, Vulkan on the CPU: the WebGPU code path runs, but at a
   software rasteriser's speed, not a GPU's), for the file the page ships, on
   ``--webgpu-images`` frames (SwiftShader takes seconds a picture).
@@ -38,7 +39,9 @@ from common import REPO, SAMPLE, edge_model, files, require_sample
 
 VARIANTS = {"fp32": "model.portable.onnx", "int8": "model.portable.int8.onnx"}
 PLAIN = {"fp32": "model.onnx", "int8": "model.int8.onnx"}  # the Python runtime's model of the same precision
-RUNS = [("WASM, 1 thread", "?backend=wasm&threads=1", "off"), ("WASM, every core", "?backend=wasm", "off")]
+CORES = os.cpu_count() or 1
+RUNS = [("WASM, every core but one (the page's default)", "?backend=wasm", "off"),
+        ("WASM, every core", f"?backend=wasm&threads={CORES}", "off")]
 WEBGPU = ("WebGPU on SwiftShader", "", "swiftshader")
 
 

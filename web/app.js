@@ -5,11 +5,12 @@
 // browser decodes each and draws the square the model looks at, the graph does the rest, a
 // batch of pictures a run.
 //
-// Query parameters, for measuring: ?backend=wasm skips WebGPU; ?threads=N caps the WASM threads.
+// Query parameters, for measuring: ?backend=wasm skips WebGPU; ?threads=N sets the WASM threads.
 
 const SIDECAR = "model.portable.json";
+const WASM = "ort.wasm.min.mjs"; // onnxruntime-web's WebAssembly-only build
 const TOP = 3;
-const BATCH = 8; // pictures per model run (the first runs alone: a quick first answer)
+const BATCH = 16; // pictures per model run (the first runs alone: a quick first answer)
 const LOOKAHEAD = 2 * BATCH; // pictures decoding ahead of the model
 // Idle WASM threads sleep rather than spin: the browser decodes the next pictures meanwhile.
 const SLEEPING = { extra: { session: { intra_op: { allow_spinning: "0" } } } };
@@ -64,13 +65,18 @@ async function webgpuMissing() {
   }
 }
 
-// onnxruntime-web from the page's own folder; WASM threads: every core when isolated (the
-// browser allows no threads otherwise), or ?threads=N. Its builds are SIMD-only.
+// onnxruntime-web from the page's own folder. On WebAssembly the model runs in a worker of its
+// own (ort's proxy), on every core but one: the page's thread and the browser's decoders keep
+// that core to read, decode and draw the next pictures while the model runs, where otherwise
+// the model's threads and the decoding took turns on every core (measured: bench/bench_web.py).
+// More threads need cross-origin isolation (the browser allows no threads otherwise); ?threads=N
+// sets them. Its builds are SIMD-only.
 async function runtime(file) {
   const ort = await import(`./ort/${file}`);
   ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
+  ort.env.wasm.proxy = file === WASM;
   const cores = navigator.hardwareConcurrency || 1;
-  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(cores, Number(params.get("threads")) || cores) : 1;
+  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(cores, Number(params.get("threads")) || Math.max(1, cores - 1)) : 1;
   return ort;
 }
 
@@ -90,7 +96,7 @@ async function session(bytes, meta) {
       note = `WebGPU failed (${String(error?.message || error).split("\n")[0]}), using WebAssembly`;
     }
   }
-  const ort = await runtime("ort.wasm.min.mjs");
+  const ort = await runtime(WASM);
   return { ort, backend: "wasm", note, session: await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], ...SLEEPING }) };
 }
 
@@ -283,8 +289,10 @@ function firstAnswer(started) {
 
 // What the page runs on, in words: the backend, the threads, and why not more.
 function engine(model) {
-  const where = model.backend === "webgpu" ? "WebGPU" : `WebAssembly (SIMD), ${state.threads} thread${state.threads > 1 ? "s" : ""}`;
-  const why = [model.note, state.isolated ? null : `one thread: not cross-origin isolated (${state.isolation})`];
+  const where = model.backend === "webgpu" ? "WebGPU" : `WebAssembly (SIMD), ${state.threads} thread${state.threads > 1 ? "s" : ""} in a worker`;
+  const spare = model.backend === "wasm" && state.isolated ? state.cores - state.threads : 0;
+  const why = [model.note, state.isolated ? null : `one thread: not cross-origin isolated (${state.isolation})`,
+    spare > 0 ? `${spare} core${spare > 1 ? "s" : ""} left to reading and decoding the pictures` : null];
   return `Running on ${where}` + why.filter(Boolean).map((reason) => `; ${reason}`).join("");
 }
 
