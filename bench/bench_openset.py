@@ -8,10 +8,14 @@ becomes a test image, Kaggle-style), the left-out frames an ``unknown/`` folder;
 val ECE/NLL before and after temperature scaling (from the calibration stored in best.pt),
 test ECE, and for every candidate score AUROC, FPR at 95% known acceptance and, for the
 shipped score, the shares accepted and rejected at the stored threshold; last, per score, the
-mean and worst AUROC and FPR over the left-out classes.
+mean and worst AUROC and FPR over the left-out classes. ``--feature-scores`` adds the AUROC of
+scores the graph does not ship (nearest training features, prototypes, Mahalanobis), from the
+same runs' features, ``--tta`` with each output averaged over the mirrored image.
 
     .venv/bin/python bench/bench_openset.py [--leave-out lisa_simpson abraham_grampa_simpson]
     .venv/bin/python bench/bench_openset.py --leave-out all --arch efficientnet_lite0 --weights imagenet
+    .venv/bin/python bench/bench_openset.py --leave-out all --arch efficientnet_lite0 --weights imagenet --epochs 8 \
+        --train-args "--backbone-lr 1" --tag backbone-1 --feature-scores [--tta]
 """
 
 from __future__ import annotations
@@ -46,10 +50,14 @@ def make_root(sample: Path, left_out: str, root: Path) -> None:
             dest.symlink_to(f)
 
 
+def work_folder(left_out: str, args) -> Path:
+    return WORK / f"openset-{args.arch}-{args.weights}{'-' + args.tag if args.tag else ''}-{left_out}"
+
+
 def one(sample: Path, left_out: str, args) -> dict:
     """Data root, manifest, training (kept for a rerun), evaluation; the result is also appended
     to ``--results``."""
-    work = WORK / f"openset-{args.arch}-{args.weights}{'-' + args.tag if args.tag else ''}-{left_out}"
+    work = work_folder(left_out, args)
     make_root(sample, left_out, work / "data")
     simpsons("manifest", work / "data", "--out", work / "out", "--no-plots")
     if not (work / "run" / "best.pt").is_file():
@@ -88,6 +96,81 @@ def ece_floor(predictions_csv: Path, runs: int = 200) -> float:
         probs = np.stack([confidence, 1 - confidence], axis=1)
         eces.append(reliability(probs, np.where(correct, 0, 1))["ece"])
     return float(np.mean(eces))
+
+
+def outputs(work: Path, tta: bool) -> tuple[dict[str, tuple], float]:
+    """(logits, L2-normalised features, targets) of a finished run's best.pt on its train, val
+    and test rows and on the left-out frames, as numpy arrays; and its temperature."""
+    import torch
+
+    from pipeline.engine.manifest import read as read_manifest
+    from pipeline.training import datasets
+    from pipeline.training.checkpoint import load_model
+    from pipeline.training.evaluate import unknown_images
+    from pipeline.training.inference import predict, predict_rows, usable_rows
+    from pipeline.training.network import Network
+    from pipeline.training.presets import EvalPreset
+
+    model, ckpt = load_model(work / "run" / "best.pt")
+    manifest, pre, cpu = read_manifest(work / "out" / "manifest.parquet"), ckpt.preprocessing, torch.device("cpu")
+    network = Network(model, ckpt.calibration, len(ckpt.classes))
+    found = {split: predict_rows(network, usable_rows(manifest, split, ckpt.classes), manifest.data_root(None), ckpt.classes, pre,
+                                 cpu, tta=tta) for split in ("train", "val", "test")}
+    unknown = datasets.UnlabelledDataset(unknown_images(work / "data" / "unknown"), EvalPreset(pre), (3, pre.image_size, pre.image_size))
+    found["unknown"] = predict(network, datasets.loader(unknown, 64, 2), cpu, tta=tta)
+    return {name: (out[0].numpy(), out[1].numpy(), targets.numpy()) for name, (out, targets) in found.items()}, ckpt.calibration.temperature
+
+
+def feature_scores(work: Path, tta: bool) -> dict[str, float]:
+    """AUROC of scores the graph does not ship, beside energy (the shipped one) and cosine: the
+    distance to the nearest training features (deep k-NN, Sun et al. 2022: k = 1, 5), to the
+    nearest of 4 k-means prototypes a class, the Mahalanobis distance to the nearest class mean
+    (shared Ledoit-Wolf covariance, Lee et al. 2018), and energy plus the 1-NN distance, each
+    standardised on val. Features are the graph's L2-normalised penultimate ones."""
+    import numpy as np
+    from sklearn.cluster import KMeans
+    from sklearn.covariance import LedoitWolf
+
+    from runtime.openset import auroc
+
+    out, temperature = outputs(work, tta)
+    train, labels = out["train"][1], out["train"][2]
+    classes = range(out["train"][0].shape[1])
+    means = np.stack([train[labels == c].mean(0) for c in classes])
+    precision = LedoitWolf().fit(train - means[labels]).precision_
+    prototypes = np.concatenate([KMeans(min(4, (labels == c).sum()), n_init=3, random_state=0).fit(train[labels == c]).cluster_centers_
+                                 for c in classes])
+
+    def nearest(features, bank, k=1):
+        bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+        return 1 - np.sort(features @ bank.T, axis=1)[:, -k:].mean(1)
+
+    rules = {
+        "energy": lambda lg, ft: -temperature * np.log(np.exp(lg / temperature).sum(1)),
+        "cosine": lambda lg, ft: nearest(ft, means),
+        "1-NN": lambda lg, ft: nearest(ft, train),
+        "5-NN": lambda lg, ft: nearest(ft, train, 5),
+        "4 prototypes a class": lambda lg, ft: nearest(ft, prototypes),
+        "Mahalanobis": lambda lg, ft: np.min([np.einsum("ij,jk,ik->i", ft - m, precision, ft - m) for m in means], axis=0),
+    }
+
+    def standardised(rule):
+        val = rule(*out["val"][:2])
+        return lambda lg, ft: (rule(lg, ft) - val.mean()) / val.std()
+
+    energy, one_nn = standardised(rules["energy"]), standardised(rules["1-NN"])
+    rules["energy + 1-NN"] = lambda lg, ft: energy(lg, ft) + one_nn(lg, ft)
+    return {name: auroc(rule(*out["test"][:2]), rule(*out["unknown"][:2])) for name, rule in rules.items()}
+
+
+def print_feature_scores(works: dict[str, Path], tta: bool) -> None:
+    table = {left_out: feature_scores(work, tta) for left_out, work in works.items()}
+    names = list(next(iter(table.values())))
+    print(f"\n## AUROC of scores over the features{' (test-time flip: outputs averaged with the mirrored image)' if tta else ''}")
+    print("| score | " + " | ".join(table) + " | mean | worst |\n|---|" + "---|" * (len(table) + 2))
+    for name in names:
+        values = [table[c][name] for c in table]
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {statistics.mean(values):.3f} | {min(values):.3f} |")
 
 
 def print_one(r: dict) -> None:
@@ -132,6 +215,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--results", type=Path, default=None, help="append each result to this JSON Lines file")
     parser.add_argument("--tag", default="", help="names the work folders, so runs with other --train-args keep their own")
+    parser.add_argument("--feature-scores", action="store_true", help="also: AUROC of scores over the features (k-NN, ...)")
+    parser.add_argument("--tta", action="store_true", help="with --feature-scores: average each output with the mirrored image's")
     args = parser.parse_args()
     sample = require_sample()
     left_out = sorted(p.name for p in (sample / "simpsons_dataset").iterdir()) if args.leave_out == ["all"] else args.leave_out
@@ -142,6 +227,8 @@ def main() -> None:
             print_one(results[c])
     if results:
         print(summary([results[c] for c in left_out if c in results]))
+    if args.feature_scores and results:
+        print_feature_scores({c: work_folder(c, args) for c in left_out if c in results}, args.tta)
 
 
 if __name__ == "__main__":
