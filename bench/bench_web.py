@@ -7,9 +7,10 @@ exports; ``make web`` builds a page for each portable file (fp32, int8), a local
 web/test/browser.mjs opens it in a fresh profile (a first visit: the service worker's reload,
 the model's download and the session are all counted) and picks ``--images`` real frames as
 soon as it is ready. Rows:
-- WASM, every core but one (``?backend=wasm``): the page's default, the model in its worker
-  on those cores, the page's thread and the browser's decoders on the last one;
-- WASM, every core (``?backend=wasm&threads=CORES``);
+- WASM in a worker, every core but one (``?backend=wasm``): the page's default, the model in
+  its worker on those cores, the page's thread and the browser's decoders on the last one;
+- WASM in a worker, every core (``?backend=wasm&threads=CORES``);
+- WASM on the page's thread, every core (``...&worker=0``): the page as it ran before the worker;
 - WebGPU (Chromium on SwiftShader, Vulkan on the CPU: the WebGPU code path runs, but at a
   software rasteriser's speed, not a GPU's), for the file the page ships, on
   ``--webgpu-images`` frames (SwiftShader takes seconds a picture).
@@ -40,8 +41,9 @@ from common import REPO, SAMPLE, edge_model, files, require_sample
 VARIANTS = {"fp32": "model.portable.onnx", "int8": "model.portable.int8.onnx"}
 PLAIN = {"fp32": "model.onnx", "int8": "model.int8.onnx"}  # the Python runtime's model of the same precision
 CORES = os.cpu_count() or 1
-RUNS = [("WASM, every core but one (the page's default)", "?backend=wasm", "off"),
-        ("WASM, every core", f"?backend=wasm&threads={CORES}", "off")]
+RUNS = [("WASM in a worker, every core but one (the page's default)", "?backend=wasm", "off"),
+        ("WASM in a worker, every core", f"?backend=wasm&threads={CORES}", "off"),
+        ("WASM on the page's thread, every core (the page before the worker)", f"?backend=wasm&threads={CORES}&worker=0", "off")]
 WEBGPU = ("WebGPU on SwiftShader", "", "swiftshader")
 
 

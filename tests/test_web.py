@@ -183,7 +183,8 @@ def test_page_runs_on_webgpu_where_the_browser_has_it(page: Path, pipeline_run, 
 
 def test_without_its_service_worker_the_page_runs_on_one_thread(page: Path, tmp_path: Path):
     """Where the service worker cannot start (here: its file is missing), the page says why,
-    runs on one thread, and still answers; and ?threads=N sets the threads when isolated."""
+    runs on one thread, and still answers; and ?threads=N sets the threads when isolated,
+    ?worker=0 runs them on the page's thread."""
     images = frames(tmp_path / "frames", count=6)[:-2]
     alone = tmp_path / "no-worker"
     shutil.copytree(page, alone)
@@ -192,8 +193,10 @@ def test_without_its_service_worker_the_page_runs_on_one_thread(page: Path, tmp_
     assert report["error"] is None and not report["isolated"] and report["threads"] == 1, report
     assert "one thread: not cross-origin isolated (the service worker did not start" in report["engine"]
     assert all(r["error"] is None for r in report["results"]) and len(report["results"]) == len(images)
-    report = open_page(page, tmp_path, [], "two-threads", query="?threads=2&backend=wasm")
+    report = open_page(page, tmp_path, images, "page-thread", query="?threads=2&backend=wasm&worker=0")
     assert report["isolated"] and report["threads"] == min(2, report["cores"]) and "WebGPU off (?backend=wasm)" in report["engine"], report
+    assert "in a worker" not in report["engine"] and len(report["results"]) == len(images), report
+    assert all(r["error"] is None for r in report["results"]), report
 
 
 def test_make_web_ships_the_model_export_chose(pipeline_run, tmp_path: Path, browser):

@@ -5,7 +5,8 @@
 // browser decodes each and draws the square the model looks at, the graph does the rest, a
 // batch of pictures a run.
 //
-// Query parameters, for measuring: ?backend=wasm skips WebGPU; ?threads=N sets the WASM threads.
+// Query parameters, for measuring: ?backend=wasm skips WebGPU; ?threads=N sets the WASM threads;
+// ?worker=0 runs WebAssembly on the page's own thread, as the page did before it used a worker.
 
 const SIDECAR = "model.portable.json";
 const WASM = "ort.wasm.min.mjs"; // onnxruntime-web's WebAssembly-only build
@@ -74,7 +75,7 @@ async function webgpuMissing() {
 async function runtime(file) {
   const ort = await import(`./ort/${file}`);
   ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
-  ort.env.wasm.proxy = file === WASM;
+  ort.env.wasm.proxy = file === WASM && params.get("worker") !== "0";
   const cores = navigator.hardwareConcurrency || 1;
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(cores, Number(params.get("threads")) || Math.max(1, cores - 1)) : 1;
   return ort;
@@ -289,7 +290,8 @@ function firstAnswer(started) {
 
 // What the page runs on, in words: the backend, the threads, and why not more.
 function engine(model) {
-  const where = model.backend === "webgpu" ? "WebGPU" : `WebAssembly (SIMD), ${state.threads} thread${state.threads > 1 ? "s" : ""} in a worker`;
+  const where = model.backend === "webgpu" ? "WebGPU"
+    : `WebAssembly (SIMD), ${state.threads} thread${state.threads > 1 ? "s" : ""}${model.ort.env.wasm.proxy ? " in a worker" : ""}`;
   const spare = model.backend === "wasm" && state.isolated ? state.cores - state.threads : 0;
   const why = [model.note, state.isolated ? null : `one thread: not cross-origin isolated (${state.isolation})`,
     spare > 0 ? `${spare} core${spare > 1 ? "s" : ""} left to reading and decoding the pictures` : null];
