@@ -294,14 +294,11 @@ def checked_manifest(path: Path) -> None:
 
 def checked_file(path: Path, what: str) -> None:
     """A missing, folder or empty checkpoint or weights file is refused before torch is
-    imported, with the words torch's own failure would get (``read_tensors``): in a second and
-    80 MB instead of 700 MB."""
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, not a {what} file")
-    if not path.is_file():
-        raise UserError(f"{path}: {what} not found")
-    if path.stat().st_size == 0:
-        raise UserError(f"{path}: cannot load {what} (the file is empty or cut short)")
+    imported: in a second and 80 MB instead of 700 MB."""
+    from pipeline.training.tensors import file_problem
+
+    if problem := file_problem(path, what):
+        raise UserError(problem)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """Reading a file of tensors (a checkpoint, or a state dict given as weights) without running
-code from it, and with one clear line on any failure."""
+code from it, and with one clear line on any failure. torch is imported only to read: the
+file checks before it serve the command line, which must not pay for torch to refuse a path."""
 
 from __future__ import annotations
 
@@ -7,24 +8,34 @@ import pickle
 import warnings
 from pathlib import Path
 
-import torch
-
 from runtime.errors import SimpsonsError
+
+
+def file_problem(path: Path, what: str) -> str | None:
+    """What makes ``path`` no ``what`` file at all (missing, a folder, empty), or None. Needs no
+    torch: the command line asks it first, so a mistyped path costs a second, not torch's import."""
+    if path.is_dir():
+        return f"{path}: is a folder, not a {what} file"
+    if not path.is_file():
+        return f"{path}: {what} not found"
+    if path.stat().st_size == 0:
+        return f"{path}: cannot load {what} (the file is empty or cut short)"
+    return None
 
 
 def read_tensors(path: Path, what: str, error: type[SimpsonsError]) -> object:
     """What ``torch.load(weights_only=True)`` reads from ``path`` (a checkpoint or weights
     file); any failure is one ``error`` line naming the file. torch raises nearly anything on a
-    damaged file: EOFError for an empty one (which click would take for Ctrl-C),
-    UnpicklingError, with a multi-line warning, for a pickle holding code (never run)."""
+    damaged file: EOFError for a cut one (which click would take for Ctrl-C), UnpicklingError,
+    with a multi-line warning, for a pickle holding code (never run)."""
+    import torch
+
+    if problem := file_problem(path, what):
+        raise error(problem)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise error(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise error(f"{path}: is a folder, not a {what} file") from None
     except EOFError:
         raise error(f"{path}: cannot load {what} (the file is empty or cut short)") from None
     except pickle.UnpicklingError:
