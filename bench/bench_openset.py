@@ -9,8 +9,9 @@ val ECE/NLL before and after temperature scaling (from the calibration stored in
 test ECE, and for every candidate score AUROC, FPR at 95% known acceptance and, for the
 shipped score, the shares accepted and rejected at the stored threshold; last, per score, the
 mean and worst AUROC and FPR over the left-out classes. ``--feature-scores`` adds the AUROC of
-scores the graph does not ship (nearest training features, prototypes, Mahalanobis), from the
-same runs' features, ``--tta`` with each output averaged over the mirrored image.
+scores the graph does not ship (nearest training features, prototypes, Mahalanobis, energy over
+shaped activations: ReAct, ASH-S), from the same runs' features, ``--tta`` with each output
+averaged over the mirrored image.
 
     .venv/bin/python bench/bench_openset.py [--leave-out lisa_simpson abraham_grampa_simpson]
     .venv/bin/python bench/bench_openset.py --leave-out all --arch efficientnet_lite0 --weights imagenet
@@ -98,69 +99,105 @@ def ece_floor(predictions_csv: Path, runs: int = 200) -> float:
     return float(np.mean(eces))
 
 
-def outputs(work: Path, tta: bool) -> tuple[dict[str, tuple], float]:
-    """(logits, L2-normalised features, targets) of a finished run's best.pt on its train, val
-    and test rows and on the left-out frames, as numpy arrays; and its temperature."""
+def outputs(work: Path, tta: bool) -> tuple[dict[str, tuple], float, tuple]:
+    """(logits, raw penultimate features, targets) of a finished run's best.pt on its train, val
+    and test rows and on the left-out frames, as numpy arrays (kept beside the run: computing
+    them is most of the cost); its temperature; its head's weight and bias."""
+    import numpy as np
     import torch
+    from torch import nn
 
     from pipeline.engine.manifest import read as read_manifest
     from pipeline.training import datasets
     from pipeline.training.checkpoint import load_model
     from pipeline.training.evaluate import unknown_images
     from pipeline.training.inference import predict, predict_rows, usable_rows
-    from pipeline.training.network import Network
+    from pipeline.training.model import split_head
     from pipeline.training.presets import EvalPreset
 
+    class Penultimate(nn.Module):
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.body, self.head = split_head(model)
+
+        def forward(self, image):
+            raw = self.body(image)
+            return self.head(raw), raw
+
     model, ckpt = load_model(work / "run" / "best.pt")
+    network = Penultimate(model)
+    head = (network.head.weight.detach().numpy(), network.head.bias.detach().numpy())
+    cache = work / f"outputs{'-tta' if tta else ''}.npz"
+    if cache.is_file():
+        kept = np.load(cache)
+        return {name: tuple(kept[f"{name}_{i}"] for i in range(3)) for name in ("train", "val", "test", "unknown")}, \
+            ckpt.calibration.temperature, head
     manifest, pre, cpu = read_manifest(work / "out" / "manifest.parquet"), ckpt.preprocessing, torch.device("cpu")
-    network = Network(model, ckpt.calibration, len(ckpt.classes))
     found = {split: predict_rows(network, usable_rows(manifest, split, ckpt.classes), manifest.data_root(None), ckpt.classes, pre,
                                  cpu, tta=tta) for split in ("train", "val", "test")}
     unknown = datasets.UnlabelledDataset(unknown_images(work / "data" / "unknown"), EvalPreset(pre), (3, pre.image_size, pre.image_size))
     found["unknown"] = predict(network, datasets.loader(unknown, 64, 2), cpu, tta=tta)
-    return {name: (out[0].numpy(), out[1].numpy(), targets.numpy()) for name, (out, targets) in found.items()}, ckpt.calibration.temperature
+    found = {name: (out[0].numpy(), out[1].numpy(), targets.numpy()) for name, (out, targets) in found.items()}
+    np.savez(cache, **{f"{name}_{i}": a for name, arrays in found.items() for i, a in enumerate(arrays)})
+    return found, ckpt.calibration.temperature, head
 
 
 def feature_scores(work: Path, tta: bool) -> dict[str, float]:
     """AUROC of scores the graph does not ship, beside energy (the shipped one) and cosine: the
     distance to the nearest training features (deep k-NN, Sun et al. 2022: k = 1, 5), to the
     nearest of 4 k-means prototypes a class, the Mahalanobis distance to the nearest class mean
-    (shared Ledoit-Wolf covariance, Lee et al. 2018), and energy plus the 1-NN distance, each
-    standardised on val. Features are the graph's L2-normalised penultimate ones."""
+    (shared Ledoit-Wolf covariance, Lee et al. 2018), energy plus the 1-NN distance (each
+    standardised on val), and energy over shaped activations, which would ship as a few graph
+    ops: ReAct (features clipped at the 90th percentile of the training ones, Sun et al. 2021)
+    and ASH-S (each picture's top 10% of features kept and rescaled, Djurisic et al. 2023).
+    The distances use the graph's L2-normalised penultimate features."""
     import numpy as np
     from sklearn.cluster import KMeans
     from sklearn.covariance import LedoitWolf
 
     from runtime.openset import auroc
 
-    out, temperature = outputs(work, tta)
+    raw_out, temperature, (weight, bias) = outputs(work, tta)
+    out = {name: (lg, raw / np.linalg.norm(raw, axis=1, keepdims=True), y) for name, (lg, raw, y) in raw_out.items()}
     train, labels = out["train"][1], out["train"][2]
     classes = range(out["train"][0].shape[1])
     means = np.stack([train[labels == c].mean(0) for c in classes])
     precision = LedoitWolf().fit(train - means[labels]).precision_
     prototypes = np.concatenate([KMeans(min(4, (labels == c).sum()), n_init=3, random_state=0).fit(train[labels == c]).cluster_centers_
                                  for c in classes])
+    clip = np.percentile(raw_out["train"][1], 90)
 
     def nearest(features, bank, k=1):
         bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
         return 1 - np.sort(features @ bank.T, axis=1)[:, -k:].mean(1)
 
+    def energy_of(logits):
+        return -temperature * np.log(np.exp(logits / temperature).sum(1))
+
+    def ash_s(raw, keep=0.1):
+        cut = np.sort(raw, axis=1)[:, [-max(1, int(keep * raw.shape[1]))]]
+        kept = np.where(raw >= cut, raw, 0)
+        return kept * np.exp(raw.sum(1, keepdims=True) / kept.sum(1, keepdims=True))
+
     rules = {
-        "energy": lambda lg, ft: -temperature * np.log(np.exp(lg / temperature).sum(1)),
-        "cosine": lambda lg, ft: nearest(ft, means),
-        "1-NN": lambda lg, ft: nearest(ft, train),
-        "5-NN": lambda lg, ft: nearest(ft, train, 5),
-        "4 prototypes a class": lambda lg, ft: nearest(ft, prototypes),
-        "Mahalanobis": lambda lg, ft: np.min([np.einsum("ij,jk,ik->i", ft - m, precision, ft - m) for m in means], axis=0),
+        "energy": lambda lg, ft, raw: energy_of(lg),
+        "cosine": lambda lg, ft, raw: nearest(ft, means),
+        "1-NN": lambda lg, ft, raw: nearest(ft, train),
+        "5-NN": lambda lg, ft, raw: nearest(ft, train, 5),
+        "4 prototypes a class": lambda lg, ft, raw: nearest(ft, prototypes),
+        "Mahalanobis": lambda lg, ft, raw: np.min([np.einsum("ij,jk,ik->i", ft - m, precision, ft - m) for m in means], axis=0),
+        "energy, ReAct p90": lambda lg, ft, raw: energy_of(np.minimum(raw, clip) @ weight.T + bias),
+        "energy, ASH-S p90": lambda lg, ft, raw: energy_of(ash_s(raw) @ weight.T + bias),
     }
+    inputs = {name: (out[name][0], out[name][1], raw_out[name][1]) for name in out}
 
     def standardised(rule):
-        val = rule(*out["val"][:2])
-        return lambda lg, ft: (rule(lg, ft) - val.mean()) / val.std()
+        val = rule(*inputs["val"])
+        return lambda *x: (rule(*x) - val.mean()) / val.std()
 
     energy, one_nn = standardised(rules["energy"]), standardised(rules["1-NN"])
-    rules["energy + 1-NN"] = lambda lg, ft: energy(lg, ft) + one_nn(lg, ft)
-    return {name: auroc(rule(*out["test"][:2]), rule(*out["unknown"][:2])) for name, rule in rules.items()}
+    rules["energy + 1-NN"] = lambda *x: energy(*x) + one_nn(*x)
+    return {name: auroc(rule(*inputs["test"]), rule(*inputs["unknown"])) for name, rule in rules.items()}
 
 
 def print_feature_scores(works: dict[str, Path], tta: bool) -> None:
