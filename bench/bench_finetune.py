@@ -45,6 +45,7 @@ ROWS = {  # in order of priority: a lent machine's deadline cuts the last
     "backbone-1-8ep": {"backbone_lr": 1.0, "epochs": 8},
     "backbone-1-size-160": {"backbone_lr": 1.0, "image_size": 160},
     "backbone-1-aug-none": {"backbone_lr": 1.0, "augment": "none"},
+    "backbone-1-size-160-aug-none": {"backbone_lr": 1.0, "image_size": 160, "augment": "none"},
     "backbone-1-downscale-off": {"backbone_lr": 1.0, "downscale": 1.0},
     "backbone-1-16ep": {"backbone_lr": 1.0, "epochs": 16},
     "from-32": {"train_from": 32},
