@@ -77,7 +77,7 @@ WEB_MODEL ?= $(OUT)/$(or $(shell $(PYTHON) -c 'import json, sys; print(json.load
 ORT_DIST = web/node_modules/onnxruntime-web/dist
 web: web/node_modules/.installed
 	rm -rf $(WEB) && mkdir -p $(WEB)/ort
-	cp web/index.html web/app.js web/sw.js $(WEB)/
+	cp web/index.html web/app.js web/model-worker.js web/sw.js $(WEB)/
 	cp $(WEB_MODEL) $(WEB)/
 	cp $(basename $(WEB_MODEL)).json $(WEB)/model.portable.json
 	cp $(ORT_DIST)/ort.wasm.min.mjs $(ORT_DIST)/ort-wasm-simd-threaded.mjs $(ORT_DIST)/ort-wasm-simd-threaded.wasm $(WEB)/ort/

@@ -1,5 +1,6 @@
-"""The browser page in headless Chromium: images/s on every core but one (the default), on every core, and on
-WebGPU, and the time from opening the page to its first answer, per architecture and variant.
+"""The browser page in headless Chromium: images/s with the model in a worker a core (the default), in one
+worker, on the page's own thread, and on WebGPU, and the time from opening the page to its first answer,
+per architecture and variant.
 
 For each ``--arch``, the model ``common.edge_model`` trains briefly on the real sample and
 exports; ``make web`` builds a page for each portable file (fp32, int8), a local static server
@@ -7,10 +8,11 @@ exports; ``make web`` builds a page for each portable file (fp32, int8), a local
 web/test/browser.mjs opens it in a fresh profile (a first visit: the service worker's reload,
 the model's download and the session are all counted) and picks ``--images`` real frames as
 soon as it is ready. Rows:
-- WASM in a worker, every core but one (``?backend=wasm``): the page's default, the model in
-  its worker on those cores, the page's thread and the browser's decoders on the last one;
-- WASM in a worker, every core (``?backend=wasm&threads=CORES``);
-- WASM on the page's thread, every core (``...&worker=0``): the page as it ran before the worker;
+- WASM in a worker a core, 1 thread each (``?backend=wasm``): the page's default, each worker
+  with its own session and its own batches;
+- WASM in one worker, 1 thread (``...&workers=1``): on 2 cores, the page of the stop before
+  (the model in one worker on every core but one);
+- WASM on the page's thread, every core (``...&workers=0&threads=CORES``): the page before that;
 - WebGPU (Chromium on SwiftShader, Vulkan on the CPU: the WebGPU code path runs, but at a
   software rasteriser's speed, not a GPU's), for the file the page ships, on
   ``--webgpu-images`` frames (SwiftShader takes seconds a picture).
@@ -41,9 +43,9 @@ from common import REPO, SAMPLE, edge_model, files, require_sample
 VARIANTS = {"fp32": "model.portable.onnx", "int8": "model.portable.int8.onnx"}
 PLAIN = {"fp32": "model.onnx", "int8": "model.int8.onnx"}  # the Python runtime's model of the same precision
 CORES = os.cpu_count() or 1
-RUNS = [("WASM in a worker, every core but one (the page's default)", "?backend=wasm", "off"),
-        ("WASM in a worker, every core", f"?backend=wasm&threads={CORES}", "off"),
-        ("WASM on the page's thread, every core (the page before the worker)", f"?backend=wasm&threads={CORES}&worker=0", "off")]
+RUNS = [("WASM in a worker a core, 1 thread each (the page's default)", "?backend=wasm", "off"),
+        ("WASM in one worker, 1 thread", "?backend=wasm&workers=1", "off"),
+        ("WASM on the page's thread, every core", f"?backend=wasm&workers=0&threads={CORES}", "off")]
 WEBGPU = ("WebGPU on SwiftShader", "", "swiftshader")
 
 
@@ -93,7 +95,8 @@ def python_answers(plain: Path, images: list[Path]) -> list[tuple[str, bool]]:
 def row(arch: str, variant: str, name: str, report: dict, python: list[tuple[str, bool]]) -> str:
     t = report["timings"]
     rate = len(report["results"]) / report["seconds"]
-    engine = f"{report['backend']}, {report['threads']} thread(s)" if report["backend"] == "wasm" else report["backend"]
+    engine = (f"wasm, {report['workers']} worker(s) x {report['threads']} thread(s)" if report["workers"]
+              else f"wasm, {report['threads']} thread(s)" if report["backend"] == "wasm" else report["backend"])
     same = [(r["top"][0][0] == label, clear) for r, (label, clear) in zip(report["results"], python)]
     clear = [agree for agree, is_clear in same if is_clear]
     agrees = f"{sum(a for a, _ in same) / len(same):.1%} ({sum(clear) / max(len(clear), 1):.1%} of {len(clear)} clear)"

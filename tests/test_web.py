@@ -101,18 +101,19 @@ def compared(report: dict, images: list[Path], plain: Path) -> tuple[float, floa
 
 
 def test_page_classifies_like_the_python_runtime(page: Path, pipeline_run, tmp_path: Path):
-    """Served by a plain static server (no isolation headers), the page isolates itself through
-    its service worker and runs WebAssembly in a worker on every core but one (the page decodes
-    on that one); WebGPU is absent (no GPU here)."""
+    """Served by a plain static server, the page runs the model in a WebAssembly worker a core,
+    one thread each, which needs no cross-origin isolation (so no reload for it); WebGPU is
+    absent (no GPU here)."""
     files = frames(tmp_path / "frames")
     report = open_page(page, tmp_path, files, "web")
     assert report["error"] is None, report
     by_name = {r["name"]: r for r in report["results"]}
     assert len(by_name) == len(files)
     assert by_name["broken.jpg"]["error"] and by_name["notes.jpg"]["error"]  # an error card each, the rest goes on
-    assert report["isolated"] and report["backend"] == "wasm" and report["threads"] == max(1, report["cores"] - 1), report
-    assert f"WebAssembly (SIMD), {report['threads']} thread" in report["engine"] and "WebGPU has no adapter" in report["engine"]
-    assert report["cores"] == 1 or "1 core left to reading and decoding the pictures" in report["engine"], report
+    assert not report["isolated"] and report["isolation"] is None, report
+    assert report["backend"] == "wasm" and report["workers"] == min(4, report["cores"]) and report["threads"] == 1, report
+    assert f"WebAssembly (SIMD) in {report['workers']} worker" in report["engine"] and "1 thread each" in report["engine"], report
+    assert "WebGPU has no adapter" in report["engine"] and "isolated" not in report["engine"], report
     timings = report["timings"]
     assert 0 < timings["model_fetched_s"] <= timings["session_created_s"] <= timings["ready_s"] < timings["first_answer_s"], timings
 
@@ -181,22 +182,23 @@ def test_page_runs_on_webgpu_where_the_browser_has_it(page: Path, pipeline_run, 
     assert agreement == 1.0 and max_diff < 0.05
 
 
-def test_without_its_service_worker_the_page_runs_on_one_thread(page: Path, tmp_path: Path):
-    """Where the service worker cannot start (here: its file is missing), the page says why,
-    runs on one thread, and still answers; and ?threads=N sets the threads when isolated,
-    ?worker=0 runs them on the page's thread."""
+def test_without_its_service_worker_the_page_still_uses_every_core(page: Path, tmp_path: Path):
+    """Where the service worker cannot start (here: its file is missing), the page is not
+    isolated, which its workers do not need: a worker a core, one thread each, every picture
+    answered; asked for more threads (?threads=2) it says why it runs one. Isolated,
+    ?workers=0 runs the model on the page's thread with ?threads=N threads."""
     images = frames(tmp_path / "frames", count=6)[:-2]
     alone = tmp_path / "no-worker"
     shutil.copytree(page, alone)
     (alone / "sw.js").unlink()
-    report = open_page(alone, tmp_path, images, "no-worker")
-    assert report["error"] is None and not report["isolated"] and report["threads"] == 1, report
-    assert "one thread: not cross-origin isolated (the service worker did not start" in report["engine"]
+    report = open_page(alone, tmp_path, images, "no-worker", query="?threads=2")
+    assert report["error"] is None and not report["isolated"] and report["workers"] == min(4, report["cores"]) and report["threads"] == 1, report
+    assert "one thread a session: not cross-origin isolated (the service worker did not start" in report["engine"], report
     assert all(r["error"] is None for r in report["results"]) and len(report["results"]) == len(images)
-    report = open_page(page, tmp_path, images, "page-thread", query="?threads=2&backend=wasm&worker=0")
-    assert report["isolated"] and report["threads"] == min(2, report["cores"]) and "WebGPU off (?backend=wasm)" in report["engine"], report
-    assert "in a worker" not in report["engine"] and len(report["results"]) == len(images), report
-    assert all(r["error"] is None for r in report["results"]), report
+    report = open_page(page, tmp_path, images, "page-thread", query="?threads=2&backend=wasm&workers=0")
+    assert report["isolated"] and report["workers"] == 0 and report["threads"] == min(2, report["cores"]), report
+    assert "on the page's thread" in report["engine"] and "WebGPU off (?backend=wasm)" in report["engine"], report
+    assert all(r["error"] is None for r in report["results"]) and len(report["results"]) == len(images), report
 
 
 def test_make_web_ships_the_model_export_chose(pipeline_run, tmp_path: Path, browser):

@@ -1,18 +1,20 @@
-// The page's whole logic: make the page cross-origin isolated (sw.js) so WebAssembly can use
-// every core, read the sidecar, check it describes the model file, load the portable model
-// (uint8 RGB pixels in, calibrated probabilities and the open-set score out) on WebGPU where the
-// browser has it and on WebAssembly otherwise, then classify the pictures the user drops: the
-// browser decodes each and draws the square the model looks at, the graph does the rest, a
-// batch of pictures a run.
+// The page's whole logic: read the sidecar, check it describes the model file, load the
+// portable model (uint8 RGB pixels in, calibrated probabilities and the open-set score out) on
+// WebGPU where the browser has it and otherwise on WebAssembly, in a worker a core, then
+// classify the pictures the user drops: the browser decodes each and draws the square the
+// model looks at, the graph does the rest, a batch of pictures a run. Asked for more than one
+// thread a session, the page makes itself cross-origin isolated first (sw.js).
 //
-// Query parameters, for measuring: ?backend=wasm skips WebGPU; ?threads=N sets the WASM threads;
-// ?worker=0 runs WebAssembly on the page's own thread, as the page did before it used a worker.
+// Query parameters, for measuring: ?backend=wasm skips WebGPU; ?workers=N sets the model's
+// workers (0: the page's own thread, as the page ran before it used workers); ?threads=N the
+// WebAssembly threads of each session.
 
 const SIDECAR = "model.portable.json";
 const WASM = "ort.wasm.min.mjs"; // onnxruntime-web's WebAssembly-only build
 const TOP = 3;
 const BATCH = 16; // pictures per model run (the first runs alone: a quick first answer)
-const LOOKAHEAD = 2 * BATCH; // pictures decoding ahead of the model
+const LOOKAHEAD = 2 * BATCH; // pictures decoding ahead of the model, for each model worker
+const MAX_WORKERS = 4; // model workers on a machine with more cores (each holds the model)
 // Idle WASM threads sleep rather than spin: the browser decodes the next pictures meanwhile.
 const SLEEPING = { extra: { session: { intra_op: { allow_spinning: "0" } } } };
 const RELOADED = "simpsons.isolation-reload"; // sessionStorage: when the page was first opened, set before reloading itself
@@ -20,7 +22,7 @@ const params = new URLSearchParams(location.search);
 
 // What tests and curious people can read: readiness, one result per picture, timing, backend.
 const state = (window.simpsons = {
-  ready: false, error: null, results: [], seconds: 0, backend: null, threads: null, cores: navigator.hardwareConcurrency,
+  ready: false, error: null, results: [], seconds: 0, backend: null, workers: null, threads: null, cores: navigator.hardwareConcurrency,
   isolated: self.crossOriginIsolated, isolation: null, note: null, timings: {},
 });
 const $ = (id) => document.getElementById(id);
@@ -37,11 +39,14 @@ sessionStorage.removeItem(RELOADED);
 const opened = Number(reloaded) || performance.timeOrigin;
 const since = (start) => (performance.timeOrigin + performance.now() - start) / 1000;
 
-// Cross-origin isolation, or why not. Not isolated yet: register sw.js, which adds the headers,
-// and reload once through it (never twice in a row: a host that strips the headers again, or a
-// browser without service workers, gets one thread instead of a reload loop).
+// Cross-origin isolation where it is wanted, or why not (null: isolated, or not wanted). Only a
+// session on more than one thread needs it (?threads=N, or the model on the page's thread,
+// which takes every core): the default workers run one thread each, so the page does not
+// reload for them. Not isolated yet: register sw.js, which adds the headers, and reload once
+// through it (never twice in a row: a host that strips the headers again, or a browser
+// without service workers, gets one thread instead of a reload loop).
 async function isolate(reloadedAlready) {
-  if (self.crossOriginIsolated) return null;
+  if (self.crossOriginIsolated || (workerCount() && !(Number(params.get("threads")) > 1))) return null;
   if (!self.isSecureContext || !("serviceWorker" in navigator)) return "no service worker here (needs https or localhost)";
   if (reloadedAlready) return "still not cross-origin isolated after the service worker's reload";
   try {
@@ -66,19 +71,68 @@ async function webgpuMissing() {
   }
 }
 
-// onnxruntime-web from the page's own folder. On WebAssembly the model runs in a worker of its
-// own (ort's proxy), on every core but one: the page's thread and the browser's decoders keep
-// that core to read, decode and draw the next pictures while the model runs, where otherwise
-// the model's threads and the decoding took turns on every core (measured: bench/bench_web.py).
-// More threads need cross-origin isolation (the browser allows no threads otherwise); ?threads=N
-// sets them. Its builds are SIMD-only.
+// onnxruntime-web from the page's own folder; its builds are SIMD-only. On the page's thread
+// (?workers=0) WebAssembly runs on every core, which needs cross-origin isolation (the browser
+// allows no threads otherwise); ?threads=N sets the threads.
 async function runtime(file) {
   const ort = await import(`./ort/${file}`);
   ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
-  ort.env.wasm.proxy = file === WASM && params.get("worker") !== "0";
-  const cores = navigator.hardwareConcurrency || 1;
-  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(cores, Number(params.get("threads")) || Math.max(1, cores - 1)) : 1;
+  ort.env.wasm.numThreads = threads(navigator.hardwareConcurrency || 1);
   return ort;
+}
+
+// WebAssembly threads a session, as asked (?threads=N) and allowed (one, unless isolated).
+function threads(fallback) {
+  return self.crossOriginIsolated ? Math.min(navigator.hardwareConcurrency || 1, Number(params.get("threads")) || fallback) : 1;
+}
+
+// By default the model runs in workers of its own (model-worker.js), one a core and one thread
+// each, each taking whole batches: on small pictures that keeps every core busy where one
+// session's threads split each small convolution and wait on each other (measured:
+// bench/bench_web.py), and it needs no cross-origin isolation. The page's thread only reads,
+// decodes and draws. At most MAX_WORKERS: each holds its own copy of the model and of
+// WebAssembly's memory. ?workers=N sets their number, ?workers=0 runs the model on the page's thread.
+function workerCount() {
+  const asked = params.get("workers");
+  return asked === null ? Math.min(MAX_WORKERS, navigator.hardwareConcurrency || 1) : Math.max(0, Number(asked) || 0);
+}
+
+// Sessions in ``count`` workers, behind one ``run`` that hands each batch to a free worker and
+// answers as a session's run does.
+async function workerSessions(bytes, count) {
+  const url = new URL("./model-worker.js", import.meta.url);
+  const workers = Array.from({ length: count }, () => new Worker(url, { type: "module" }));
+  const ask = (worker, message, transfer = []) => new Promise((resolve, reject) => {
+    worker.onmessage = ({ data }) => (data.error ? reject(new Error(data.error)) : resolve(data));
+    worker.onerror = (event) => reject(new Error(event.message || "the model's worker did not start"));
+    worker.postMessage(message, transfer);
+  });
+  const setup = { model: bytes, wasmPaths: new URL("./ort/", import.meta.url).href, threads: threads(1), options: SLEEPING };
+  const idle = [];
+  const waiting = [];
+  const free = (worker) => (waiting.length ? waiting.shift()(worker) : idle.push(worker));
+  // The sessions are created side by side; the page is ready with the first, the others join
+  // as they come, and one that fails is left out (the rest take its batches). Only when none
+  // starts is the model unusable.
+  const starting = workers.map((worker) => ask(worker, setup).then(() => free(worker)));
+  starting.forEach((started, i) => started.catch(() => workers[i].terminate()));
+  try {
+    await Promise.any(starting);
+  } catch (error) {
+    throw error.errors[0];
+  }
+  return {
+    async run({ image }) {
+      const worker = idle.pop() ?? (await new Promise((resolve) => waiting.push(resolve)));
+      try {
+        const { outputs } = await ask(worker, { batch: image.data, dims: image.dims }, [image.data.buffer]);
+        return Object.fromEntries(Object.entries(outputs).map(([name, data]) => [name, { data }]));
+      } finally {
+        free(worker);
+      }
+    },
+    release: () => workers.forEach((worker) => worker.terminate()),
+  };
 }
 
 // An inference session on WebGPU when the browser has it, else on WebAssembly. WebGPU must
@@ -92,13 +146,16 @@ async function session(bytes, meta) {
       const created = await ort.InferenceSession.create(bytes, { executionProviders: ["webgpu"], ...SLEEPING });
       const side = meta.preprocessing.resize_size;
       await created.run({ image: new ort.Tensor("uint8", new Uint8Array(side * side * 3), [1, side, side, 3]) });
-      return { ort, backend: "webgpu", note, session: created };
+      return { ort, backend: "webgpu", note, workers: 0, threads: null, session: created };
     } catch (error) {
       note = `WebGPU failed (${String(error?.message || error).split("\n")[0]}), using WebAssembly`;
     }
   }
+  const workers = workerCount();
+  if (workers) return { ort: null, backend: "wasm", note, workers, threads: threads(1), session: await workerSessions(bytes, workers) };
   const ort = await runtime(WASM);
-  return { ort, backend: "wasm", note, session: await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], ...SLEEPING }) };
+  const created = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], ...SLEEPING });
+  return { ort, backend: "wasm", note, workers, threads: ort.env.wasm.numThreads, session: created };
 }
 
 async function sha256(buffer) {
@@ -174,7 +231,9 @@ async function classify(model, names, frames) {
   const side = model.meta.preprocessing.resize_size;
   const batch = new Uint8Array(frames.length * side * side * 3);
   frames.forEach(({ rgb }, i) => batch.set(rgb, i * rgb.length));
-  const outputs = await model.session.run({ image: new model.ort.Tensor("uint8", batch, [frames.length, side, side, 3]) });
+  const dims = [frames.length, side, side, 3];
+  const image = model.ort ? new model.ort.Tensor("uint8", batch, dims) : { data: batch, dims }; // no ort on the page with workers
+  const outputs = await model.session.run({ image });
   const classes = model.meta.classes.length;
   const threshold = model.meta.ood_threshold;
   return names.map((name, row) => {
@@ -223,13 +282,14 @@ function card(file, result, thumbnail) {
   return element;
 }
 
-// Pictures are decoded LOOKAHEAD ahead of the model: the browser decodes on its own threads,
+// Pictures are decoded LOOKAHEAD (a worker) ahead of the model: the browser decodes on its own threads,
 // and a picture's file read and decode (tens of ms of waiting, a few of work) then overlap
-// the previous pictures' inference instead of adding to it.
+// the previous pictures' inference instead of adding to it. Each model worker has a group of
+// pictures at a time; results are shown in the order the pictures were chosen.
 async function classifyAll(model, files) {
   const started = performance.now();
-  // Where the loop's time goes, summed over the pictures (state.timings): waiting for decodes,
-  // the model's runs, drawing the result cards.
+  // Where the page's thread spends the loop, summed over the pictures (state.timings): waiting
+  // for decodes, waiting for the model, drawing the result cards.
   let mark = started;
   const spent = (key) => {
     const now = performance.now();
@@ -241,27 +301,18 @@ async function classifyAll(model, files) {
     decoding?.catch(() => {}); // a failure is reported in its turn, below
     return decoding;
   };
-  const ahead = Array.from({ length: LOOKAHEAD }, (_, i) => decode(i));
-  let done = 0;
-  for (let start = 0; start < files.length; ) {
-    const group = files.slice(start, start + (start ? BATCH : 1));
-    const decoded = await Promise.allSettled(group.map((_, k) => {
-      ahead.push(decode(start + k + LOOKAHEAD));
-      return ahead.shift();
-    }));
-    start += group.length;
-    spent("waiting_for_pictures_s");
+  // A group's decoded pictures to the model: its answers, or each picture's failure, in order.
+  const send = (group, decoded) => {
     const good = group.filter((_, k) => decoded[k].status === "fulfilled");
-    let answers = [];
-    try {
-      if (good.length) {
-        answers = await classify(model, good.map((file) => file.name), decoded.filter((d) => d.status === "fulfilled").map((d) => d.value));
-        firstAnswer(started);
-      }
-    } catch (error) {
-      answers = good.map((file) => failure(file.name, error));
-    }
+    const frames = decoded.filter((d) => d.status === "fulfilled").map((d) => d.value);
+    const answers = good.length ? classify(model, good.map((file) => file.name), frames) : Promise.resolve([]);
+    return { group, decoded, answers: answers.catch((error) => good.map((file) => failure(file.name, error))) };
+  };
+  let done = 0;
+  const show = async ({ group, decoded, answers }) => {
+    answers = await answers;
     spent("model_s");
+    if (answers.some((answer) => !answer.error)) firstAnswer(started);
     for (const [k, file] of group.entries()) {
       const ok = decoded[k].status === "fulfilled";
       const result = ok ? answers.shift() : failure(file.name, decoded[k].reason);
@@ -271,7 +322,25 @@ async function classifyAll(model, files) {
     done += group.length;
     status(`Classified ${done} of ${files.length} pictures...`);
     spent("cards_s");
+  };
+  const lookahead = LOOKAHEAD * Math.max(1, model.workers);
+  const ahead = [decode(0)];
+  await Promise.allSettled(ahead); // the first picture decodes alone, for a quick first answer
+  for (let i = 1; i < lookahead; i++) ahead.push(decode(i));
+  const running = []; // groups with the model, oldest first
+  for (let start = 0; start < files.length; ) {
+    const group = files.slice(start, start + (start ? BATCH : 1));
+    const decoded = await Promise.allSettled(group.map((_, k) => {
+      ahead.push(decode(start + k + lookahead));
+      return ahead.shift();
+    }));
+    start += group.length;
+    spent("waiting_for_pictures_s");
+    running.push(send(group, decoded));
+    // The first picture is shown as soon as it is answered; then every worker gets a group.
+    if (running.length === Math.max(1, model.workers) || start === 1) await show(running.shift());
   }
+  while (running.length) await show(running.shift());
   state.seconds += (performance.now() - started) / 1000;
   const failed = state.results.filter((r) => r.error).length;
   const unknown = state.results.filter((r) => r.unknown).length;
@@ -288,13 +357,14 @@ function firstAnswer(started) {
   $("timing").textContent += `; first answer ${state.timings.first_picture_s.toFixed(2)} s after the picture was chosen`;
 }
 
-// What the page runs on, in words: the backend, the threads, and why not more.
+// What the page runs on, in words: the backend, its workers and threads, and why not more.
 function engine(model) {
+  const plural = (n, word) => `${n} ${word}${n > 1 ? "s" : ""}`;
   const where = model.backend === "webgpu" ? "WebGPU"
-    : `WebAssembly (SIMD), ${state.threads} thread${state.threads > 1 ? "s" : ""}${model.ort.env.wasm.proxy ? " in a worker" : ""}`;
-  const spare = model.backend === "wasm" && state.isolated ? state.cores - state.threads : 0;
-  const why = [model.note, state.isolated ? null : `one thread: not cross-origin isolated (${state.isolation})`,
-    spare > 0 ? `${spare} core${spare > 1 ? "s" : ""} left to reading and decoding the pictures` : null];
+    : model.workers ? `WebAssembly (SIMD) in ${plural(model.workers, "worker")}, ${plural(model.threads, "thread")} each`
+    : `WebAssembly (SIMD) on the page's thread, ${plural(model.threads, "thread")}`;
+  const limited = model.backend === "wasm" && state.isolation !== null;
+  const why = [model.note, limited ? `one thread a session: not cross-origin isolated (${state.isolation})` : null];
   return `Running on ${where}` + why.filter(Boolean).map((reason) => `; ${reason}`).join("");
 }
 
@@ -307,7 +377,7 @@ async function main() {
     status(`Cannot use the model: ${error?.message ?? error}`, true); // onnxruntime throws bare error codes too
     return;
   }
-  Object.assign(state, { backend: model.backend, threads: model.ort.env.wasm.numThreads, note: model.note });
+  Object.assign(state, { backend: model.backend, workers: model.workers, threads: model.threads, note: model.note });
   state.timings.ready_s = since(opened);
   const m = model.meta;
   $("engine").textContent = engine(model);

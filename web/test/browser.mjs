@@ -44,8 +44,8 @@ try {
   await page.goto(url);
   await page.waitForFunction(() => window.simpsons && (window.simpsons.ready || window.simpsons.error), null, { timeout: 120000 });
   Object.assign(report, await page.evaluate(() => {
-    const { error, backend, threads, cores, isolated, isolation, note } = window.simpsons;
-    return { error, backend, threads, cores, isolated, isolation, note, engine: document.getElementById("engine").textContent };
+    const { error, backend, workers, threads, cores, isolated, isolation, note } = window.simpsons;
+    return { error, backend, workers, threads, cores, isolated, isolation, note, engine: document.getElementById("engine").textContent };
   }));
   if (!report.error && files.length) {
     await page.setInputFiles("#files", files);
