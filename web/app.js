@@ -282,10 +282,10 @@ function card(file, result, thumbnail) {
   return element;
 }
 
-// Pictures are decoded LOOKAHEAD (a worker) ahead of the model: the browser decodes on its own threads,
-// and a picture's file read and decode (tens of ms of waiting, a few of work) then overlap
-// the previous pictures' inference instead of adding to it. Each model worker has a group of
-// pictures at a time; results are shown in the order the pictures were chosen.
+// Pictures are decoded LOOKAHEAD a worker ahead of the model: the browser decodes on its own
+// threads, and a picture's file read and decode (tens of ms of waiting, a few of work) then
+// overlap the previous pictures' inference instead of adding to it. Each model worker has a
+// group of pictures at a time; results are shown in the order the pictures were chosen.
 async function classifyAll(model, files) {
   const started = performance.now();
   // Where the page's thread spends the loop, summed over the pictures (state.timings): waiting
