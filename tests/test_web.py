@@ -186,7 +186,8 @@ def test_without_its_service_worker_the_page_still_uses_every_core(page: Path, t
     """Where the service worker cannot start (here: its file is missing), the page is not
     isolated, which its workers do not need: a worker a core, one thread each, every picture
     answered; asked for more threads (?threads=2) it says why it runs one. Isolated,
-    ?workers=0 runs the model on the page's thread with ?threads=N threads."""
+    ?workers=0 runs the model on the page's thread with ?threads=N threads; numbers out of range
+    are bounded."""
     images = frames(tmp_path / "frames", count=6)[:-2]
     alone = tmp_path / "no-worker"
     shutil.copytree(page, alone)
@@ -198,6 +199,9 @@ def test_without_its_service_worker_the_page_still_uses_every_core(page: Path, t
     report = open_page(page, tmp_path, images, "page-thread", query="?threads=2&backend=wasm&workers=0")
     assert report["isolated"] and report["workers"] == 0 and report["threads"] == min(2, report["cores"]), report
     assert "on the page's thread" in report["engine"] and "WebGPU off (?backend=wasm)" in report["engine"], report
+    assert all(r["error"] is None for r in report["results"]) and len(report["results"]) == len(images), report
+    report = open_page(page, tmp_path, images, "out-of-range", query="?workers=1e9&threads=-1&backend=wasm")
+    assert report["workers"] == max(4, report["cores"]) and report["threads"] == 1, report  # bounded, not a billion workers
     assert all(r["error"] is None for r in report["results"]) and len(report["results"]) == len(images), report
 
 

@@ -46,7 +46,7 @@ const since = (start) => (performance.timeOrigin + performance.now() - start) / 
 // through it (never twice in a row: a host that strips the headers again, or a browser
 // without service workers, gets one thread instead of a reload loop).
 async function isolate(reloadedAlready) {
-  if (self.crossOriginIsolated || (workerCount() && !(Number(params.get("threads")) > 1))) return null;
+  if (self.crossOriginIsolated || (workerCount() && !(asked("threads", 0) > 1))) return null;
   if (!self.isSecureContext || !("serviceWorker" in navigator)) return "no service worker here (needs https or localhost)";
   if (reloadedAlready) return "still not cross-origin isolated after the service worker's reload";
   try {
@@ -83,7 +83,14 @@ async function runtime(file) {
 
 // WebAssembly threads a session, as asked (?threads=N) and allowed (one, unless isolated).
 function threads(fallback) {
-  return self.crossOriginIsolated ? Math.min(navigator.hardwareConcurrency || 1, Number(params.get("threads")) || fallback) : 1;
+  return self.crossOriginIsolated ? Math.min(navigator.hardwareConcurrency || 1, asked("threads", 0) || fallback) : 1;
+}
+
+// A whole number from the query, at least ``least``, or null where absent or not a number.
+function asked(name, least) {
+  const text = params.get(name);
+  const value = text ? Number(text) : NaN;
+  return Number.isFinite(value) ? Math.max(least, Math.floor(value)) : null;
 }
 
 // By default the model runs in workers of its own (model-worker.js), one a core and one thread
@@ -91,10 +98,12 @@ function threads(fallback) {
 // session's threads split each small convolution and wait on each other (measured:
 // bench/bench_web.py), and it needs no cross-origin isolation. The page's thread only reads,
 // decodes and draws. At most MAX_WORKERS: each holds its own copy of the model and of
-// WebAssembly's memory. ?workers=N sets their number, ?workers=0 runs the model on the page's thread.
+// WebAssembly's memory. ?workers=N sets their number (up to that bound or the cores, whichever
+// is more), ?workers=0 runs the model on the page's thread.
 function workerCount() {
-  const asked = params.get("workers");
-  return asked === null ? Math.min(MAX_WORKERS, navigator.hardwareConcurrency || 1) : Math.max(0, Number(asked) || 0);
+  const cores = navigator.hardwareConcurrency || 1;
+  const wanted = asked("workers", 0);
+  return wanted === null ? Math.min(MAX_WORKERS, cores) : Math.min(wanted, Math.max(MAX_WORKERS, cores));
 }
 
 // Sessions in ``count`` workers, behind one ``run`` that hands each batch to a free worker and
