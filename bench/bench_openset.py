@@ -128,7 +128,7 @@ def outputs(work: Path, tta: bool) -> tuple[dict[str, tuple], float, tuple]:
     network = Penultimate(model)
     head = (network.head.weight.detach().numpy(), network.head.bias.detach().numpy())
     cache = work / f"outputs{'-tta' if tta else ''}.npz"
-    if cache.is_file():
+    if cache.is_file() and cache.stat().st_mtime >= (work / "run" / "best.pt").stat().st_mtime:  # not from an earlier training
         kept = np.load(cache)
         return {name: tuple(kept[f"{name}_{i}"] for i in range(3)) for name in ("train", "val", "test", "unknown")}, \
             ckpt.calibration.temperature, head
