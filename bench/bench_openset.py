@@ -142,10 +142,11 @@ def outputs(work: Path, tta: bool) -> tuple[dict[str, tuple], float, tuple]:
     return found, ckpt.calibration.temperature, head
 
 
-def feature_scores(work: Path, tta: bool) -> dict[str, float]:
-    """AUROC of scores the graph does not ship, beside energy (the shipped one) and cosine: the
+def feature_scores(work: Path, tta: bool) -> dict[str, tuple[float, float]]:
+    """AUROC and FPR at 95% known accepted of scores the graph does not ship, beside cosine (the shipped one) and energy: the
     distance to the nearest training features (deep k-NN, Sun et al. 2022: k = 1, 5), to the
-    nearest of 4 k-means prototypes a class, the Mahalanobis distance to the nearest class mean
+    nearest of 4 or 16 k-means prototypes a class, cosine over features centred on the training
+    features' mean (one more graph op), the Mahalanobis distance to the nearest class mean
     (shared Ledoit-Wolf covariance, Lee et al. 2018), energy plus the 1-NN distance (each
     standardised on val), and energy over shaped activations, which would ship as a few graph
     ops: ReAct (features clipped at the 90th percentile of the training ones, Sun et al. 2021)
@@ -155,7 +156,7 @@ def feature_scores(work: Path, tta: bool) -> dict[str, float]:
     from sklearn.cluster import KMeans
     from sklearn.covariance import LedoitWolf
 
-    from runtime.openset import auroc
+    from runtime.openset import openset_report
 
     raw_out, temperature, (weight, bias) = outputs(work, tta)
     out = {name: (lg, raw / np.linalg.norm(raw, axis=1, keepdims=True), y) for name, (lg, raw, y) in raw_out.items()}
@@ -163,8 +164,11 @@ def feature_scores(work: Path, tta: bool) -> dict[str, float]:
     classes = range(out["train"][0].shape[1])
     means = np.stack([train[labels == c].mean(0) for c in classes])
     precision = LedoitWolf().fit(train - means[labels]).precision_
-    prototypes = np.concatenate([KMeans(min(4, (labels == c).sum()), n_init=3, random_state=0).fit(train[labels == c]).cluster_centers_
-                                 for c in classes])
+    prototypes = {k: np.concatenate([KMeans(min(k, (labels == c).sum()), n_init=3, random_state=0).fit(train[labels == c]).cluster_centers_
+                                     for c in classes]) for k in (4, 16)}
+    centre = raw_out["train"][1].mean(0)
+    centred = (raw_out["train"][1] - centre) / np.linalg.norm(raw_out["train"][1] - centre, axis=1, keepdims=True)
+    centred_means = np.stack([centred[labels == c].mean(0) for c in classes])
     clip = np.percentile(raw_out["train"][1], 90)
 
     def nearest(features, bank, k=1):
@@ -184,7 +188,10 @@ def feature_scores(work: Path, tta: bool) -> dict[str, float]:
         "cosine": lambda lg, ft, raw: nearest(ft, means),
         "1-NN": lambda lg, ft, raw: nearest(ft, train),
         "5-NN": lambda lg, ft, raw: nearest(ft, train, 5),
-        "4 prototypes a class": lambda lg, ft, raw: nearest(ft, prototypes),
+        "4 prototypes a class": lambda lg, ft, raw: nearest(ft, prototypes[4]),
+        "16 prototypes a class": lambda lg, ft, raw: nearest(ft, prototypes[16]),
+        "cosine, centred features": lambda lg, ft, raw: nearest((raw - centre) / np.linalg.norm(raw - centre, axis=1, keepdims=True),
+                                                                centred_means),
         "Mahalanobis": lambda lg, ft, raw: np.min([np.einsum("ij,jk,ik->i", ft - m, precision, ft - m) for m in means], axis=0),
         "energy, ReAct p90": lambda lg, ft, raw: energy_of(np.minimum(raw, clip) @ weight.T + bias),
         "energy, ASH-S p90": lambda lg, ft, raw: energy_of(ash_s(raw) @ weight.T + bias),
@@ -197,17 +204,20 @@ def feature_scores(work: Path, tta: bool) -> dict[str, float]:
 
     energy, one_nn = standardised(rules["energy"]), standardised(rules["1-NN"])
     rules["energy + 1-NN"] = lambda *x: energy(*x) + one_nn(*x)
-    return {name: auroc(rule(*inputs["test"]), rule(*inputs["unknown"])) for name, rule in rules.items()}
+    reports = {name: openset_report(rule(*inputs["test"]), rule(*inputs["unknown"]), None) for name, rule in rules.items()}
+    return {name: (r["auroc"], r["fpr_at_95_known"]) for name, r in reports.items()}
 
 
 def print_feature_scores(works: dict[str, Path], tta: bool) -> None:
     table = {left_out: feature_scores(work, tta) for left_out, work in works.items()}
     names = list(next(iter(table.values())))
-    print(f"\n## AUROC of scores over the features{' (test-time flip: outputs averaged with the mirrored image)' if tta else ''}")
-    print("| score | " + " | ".join(table) + " | mean | worst |\n|---|" + "---|" * (len(table) + 2))
+    print(f"\n## AUROC and FPR at 95% known accepted of scores over the features{' (test-time flip: outputs averaged with the mirrored image)' if tta else ''}")
+    print("| score | " + " | ".join(f"AUROC {c.split('_')[0]}" for c in table) + " | AUROC mean | worst | FPR at 95% known, mean | worst |\n|---|"
+          + "---|" * (len(table) + 4))
     for name in names:
-        values = [table[c][name] for c in table]
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {statistics.mean(values):.3f} | {min(values):.3f} |")
+        auroc, fpr = ([table[c][name][i] for c in table] for i in (0, 1))
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in auroc) + f" | {statistics.mean(auroc):.3f} | {min(auroc):.3f} | "
+              f"{statistics.mean(fpr):.3f} | {max(fpr):.3f} |")
 
 
 def print_one(r: dict) -> None:
