@@ -23,6 +23,12 @@ top-1 against the Python runtime's plain model of the same precision on the same
 all and on Python's clear answers (top two at least ``CLEAR_MARGIN`` apart).
 
     .venv/bin/python bench/bench_web.py [--arch resnet18 efficientnet_lite0] [--images 128] [--webgpu-images 8]
+
+``--sizes 80 72 64`` instead times the page's default row for the shipped file of a model per
+input size, the sizes interleaved over ``--rounds`` (the cost of the model's run against its
+input size, in one hour's conditions).
+
+    .venv/bin/python bench/bench_web.py --arch efficientnet_lite0 --sizes 80 72 64 --rounds 4
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import functools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -123,18 +130,40 @@ def bench(arch: str, image_size: int, images: list[Path], webgpu_images: int) ->
             print(row(arch, label, f"{name}, {webgpu_images} frames", report, python[:webgpu_images]), flush=True)
 
 
+def sizes(arch: str, image_sizes: list[int], images: list[Path], rounds: int) -> None:
+    """The page's default on each size's shipped file, the sizes in turn each round: medians."""
+    folders = {size: edge_model(arch, size) for size in image_sizes}
+    webs = {size: page(folder, json.loads((folder / "model.report.json").read_text())["web_model"]) for size, folder in folders.items()}
+    name, query, webgpu = RUNS[0]
+    rates: dict[int, list[float]] = {size: [] for size in image_sizes}
+    for _ in range(rounds):
+        for size, web in webs.items():
+            report = visit(web, query, webgpu, images)
+            rates[size].append(len(report["results"]) / report["seconds"])
+    print(f"| arch | input size | img/s, median of {rounds} | rounds | against {image_sizes[0]} px |\n|---|---|---|---|---|")
+    first = statistics.median(rates[image_sizes[0]])
+    for size, r in rates.items():
+        print(f"| {arch} | {size} | {statistics.median(r):.1f} | {', '.join(f'{x:.1f}' for x in r)} | {statistics.median(r) / first:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", nargs="+", default=["resnet18", "efficientnet_lite0"])
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--webgpu-images", type=int, default=8, help="frames for the WebGPU row (0: no WebGPU row)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="instead: the page's default for each input size, interleaved")
+    parser.add_argument("--rounds", type=int, default=4, help="with --sizes")
     args = parser.parse_args()
     require_sample()
     if not shutil.which("node") or not Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).exists():
         sys.exit("bench_web needs node and Chromium (apt-get install -y chromium)")
     frames = [p for p in files(SAMPLE / "simpsons_dataset") if p.suffix == ".jpg"]
     images = frames[:: max(1, len(frames) // args.images)][: args.images]
+    if args.sizes:
+        for arch in args.arch:
+            sizes(arch, args.sizes, images, args.rounds)
+        return
     print(f"headless Chromium, {len(images)} real frames picked at once, a fresh profile per row")
     print("| arch | variant | backend | img/s | first answer, s | model downloaded, s | session created, s | first picture, s | "
           "agrees with Python |")
