@@ -21,6 +21,7 @@ STARTS = {
     "resnet18-scratch": ("--arch", "resnet18", "--weights", "none", "--epochs", "12", "--image-size", "64", "--progressive", "1"),
     "lite0-imagenet": ("--arch", "efficientnet_lite0", "--weights", "imagenet", "--epochs", "12", "--image-size", "64"),
     "lite0-imagenet-80": ("--arch", "efficientnet_lite0", "--weights", "imagenet", "--epochs", "12", "--image-size", "80"),
+    "lite0-imagenet-64-16ep": ("--arch", "efficientnet_lite0", "--weights", "imagenet", "--epochs", "16", "--image-size", "64"),
     "lite0-imagenet-72": ("--arch", "efficientnet_lite0", "--weights", "imagenet", "--epochs", "12", "--image-size", "72"),
     "lite0-imagenet-80-7ep": ("--arch", "efficientnet_lite0", "--weights", "imagenet", "--epochs", "7", "--image-size", "80"),
     "lite0-imagenet-80-9ep": ("--arch", "efficientnet_lite0", "--weights", "imagenet", "--epochs", "9", "--image-size", "80"),
