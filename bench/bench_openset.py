@@ -11,12 +11,16 @@ shipped score, the shares accepted and rejected at the stored threshold; last, p
 mean and worst AUROC and FPR over the left-out classes. ``--feature-scores`` adds the AUROC of
 scores the graph does not ship (nearest training features, prototypes, Mahalanobis, energy over
 shaped activations: ReAct, ASH-S), from the same runs' features, ``--tta`` with each output
-averaged over the mirrored image.
+averaged over the mirrored image. ``--ensemble-with TAG`` adds two networks together: these
+runs and those of ``--tag TAG`` (the same left-out classes, another seed), their energies
+averaged and their calibrated probabilities averaged (maximum softmax), from the kept outputs.
 
     .venv/bin/python bench/bench_openset.py [--leave-out lisa_simpson abraham_grampa_simpson]
     .venv/bin/python bench/bench_openset.py --leave-out all --arch efficientnet_lite0 --weights imagenet
     .venv/bin/python bench/bench_openset.py --leave-out all --arch efficientnet_lite0 --weights imagenet --epochs 8 \
         --train-args "--backbone-lr 1" --tag backbone-1 --feature-scores [--tta]
+    .venv/bin/python bench/bench_openset.py --leave-out all --arch efficientnet_lite0 --weights imagenet --epochs 12 \
+        --image-size 160 --tag recipe-160 --ensemble-with recipe-160-seed1
 """
 
 from __future__ import annotations
@@ -210,8 +214,41 @@ def feature_scores(work: Path, tta: bool) -> dict[str, tuple[float, float]]:
 
 def print_feature_scores(works: dict[str, Path], tta: bool) -> None:
     table = {left_out: feature_scores(work, tta) for left_out, work in works.items()}
+    print_table("AUROC and FPR at 95% known accepted of scores over the features"
+                f"{' (test-time flip: outputs averaged with the mirrored image)' if tta else ''}", table)
+
+
+def ensemble_scores(works: tuple[Path, Path]) -> dict[str, tuple[float, float]]:
+    """AUROC and FPR at 95% known accepted of each network's energy and of the two together."""
+    import numpy as np
+
+    from runtime.openset import openset_report
+
+    members = [outputs(work, tta=False) for work in works]
+    if any(not np.array_equal(members[0][0][split][2], m[0][split][2]) for m in members for split in ("test", "unknown")):
+        raise SystemExit(f"{works[0]} and {works[1]} did not score the same frames")
+
+    def energy(logits, t):
+        return -t * np.log(np.exp(logits / t).sum(1))
+
+    def probabilities(logits, t):
+        e = np.exp(logits / t - (logits / t).max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    rules = {
+        "energy, first network": lambda split: energy(members[0][0][split][0], members[0][1]),
+        "energy, second network": lambda split: energy(members[1][0][split][0], members[1][1]),
+        "energy, mean of the two": lambda split: np.mean([energy(m[0][split][0], m[1]) for m in members], axis=0),
+        "msp of the mean probabilities": lambda split: -np.mean([probabilities(m[0][split][0], m[1]) for m in members], axis=0).max(1),
+    }
+    reports = {name: openset_report(rule("test"), rule("unknown"), None) for name, rule in rules.items()}
+    return {name: (r["auroc"], r["fpr_at_95_known"]) for name, r in reports.items()}
+
+
+def print_table(title: str, table: dict[str, dict[str, tuple[float, float]]]) -> None:
+    """Per score: AUROC per left-out class, mean and worst, and the FPR at 95% known's mean and worst."""
     names = list(next(iter(table.values())))
-    print(f"\n## AUROC and FPR at 95% known accepted of scores over the features{' (test-time flip: outputs averaged with the mirrored image)' if tta else ''}")
+    print(f"\n## {title}")
     print("| score | " + " | ".join(f"AUROC {c.split('_')[0]}" for c in table) + " | AUROC mean | worst | FPR at 95% known, mean | worst |\n|---|"
           + "---|" * (len(table) + 4))
     for name in names:
@@ -264,6 +301,7 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="names the work folders, so runs with other --train-args keep their own")
     parser.add_argument("--feature-scores", action="store_true", help="also: AUROC of scores over the features (k-NN, ...)")
     parser.add_argument("--tta", action="store_true", help="with --feature-scores: average each output with the mirrored image's")
+    parser.add_argument("--ensemble-with", metavar="TAG", help="also: these runs and those of --tag TAG as two networks together")
     args = parser.parse_args()
     sample = require_sample()
     left_out = sorted(p.name for p in (sample / "simpsons_dataset").iterdir()) if args.leave_out == ["all"] else args.leave_out
@@ -276,6 +314,10 @@ def main() -> None:
         print(summary([results[c] for c in left_out if c in results]))
     if args.feature_scores and results:
         print_feature_scores({c: work_folder(c, args) for c in left_out if c in results}, args.tta)
+    if args.ensemble_with and results:
+        other = argparse.Namespace(**{**vars(args), "tag": args.ensemble_with})
+        print_table(f"Two networks: --tag {args.tag or '(none)'} and --tag {args.ensemble_with}",
+                    {c: ensemble_scores((work_folder(c, args), work_folder(c, other))) for c in left_out if c in results})
 
 
 if __name__ == "__main__":
