@@ -146,9 +146,16 @@ def outputs(work: Path, tta: bool) -> tuple[dict[str, tuple], float, tuple]:
     return found, ckpt.calibration.temperature, head
 
 
+def energy(logits, temperature: float):
+    """The free energy of numpy logits, as the graph computes it (``runtime.openset.SCORES``)."""
+    import numpy as np
+
+    return -temperature * np.log(np.exp(logits / temperature).sum(1))
+
+
 def feature_scores(work: Path, tta: bool) -> dict[str, tuple[float, float]]:
-    """AUROC and FPR at 95% known accepted of scores the graph does not ship, beside cosine (the shipped one) and energy: the
-    distance to the nearest training features (deep k-NN, Sun et al. 2022: k = 1, 5), to the
+    """AUROC and FPR at 95% known accepted of scores the graph does not ship, beside energy (the
+    shipped one) and cosine: the distance to the nearest training features (deep k-NN, Sun et al. 2022: k = 1, 5), to the
     nearest of 4 or 16 k-means prototypes a class, cosine over features centred on the training
     features' mean (one more graph op), the Mahalanobis distance to the nearest class mean
     (shared Ledoit-Wolf covariance, Lee et al. 2018), energy plus the 1-NN distance (each
@@ -180,7 +187,7 @@ def feature_scores(work: Path, tta: bool) -> dict[str, tuple[float, float]]:
         return 1 - np.sort(features @ bank.T, axis=1)[:, -k:].mean(1)
 
     def energy_of(logits):
-        return -temperature * np.log(np.exp(logits / temperature).sum(1))
+        return energy(logits, temperature)
 
     def ash_s(raw, keep=0.1):
         cut = np.sort(raw, axis=1)[:, [-max(1, int(keep * raw.shape[1]))]]
@@ -206,8 +213,8 @@ def feature_scores(work: Path, tta: bool) -> dict[str, tuple[float, float]]:
         val = rule(*inputs["val"])
         return lambda *x: (rule(*x) - val.mean()) / val.std()
 
-    energy, one_nn = standardised(rules["energy"]), standardised(rules["1-NN"])
-    rules["energy + 1-NN"] = lambda *x: energy(*x) + one_nn(*x)
+    energy_z, one_nn = standardised(rules["energy"]), standardised(rules["1-NN"])
+    rules["energy + 1-NN"] = lambda *x: energy_z(*x) + one_nn(*x)
     reports = {name: openset_report(rule(*inputs["test"]), rule(*inputs["unknown"]), None) for name, rule in rules.items()}
     return {name: (r["auroc"], r["fpr_at_95_known"]) for name, r in reports.items()}
 
@@ -227,9 +234,6 @@ def ensemble_scores(works: tuple[Path, Path]) -> dict[str, tuple[float, float]]:
     members = [outputs(work, tta=False) for work in works]
     if any(not np.array_equal(members[0][0][split][2], m[0][split][2]) for m in members for split in ("test", "unknown")):
         raise SystemExit(f"{works[0]} and {works[1]} did not score the same frames")
-
-    def energy(logits, t):
-        return -t * np.log(np.exp(logits / t).sum(1))
 
     def probabilities(logits, t):
         e = np.exp(logits / t - (logits / t).max(1, keepdims=True))
