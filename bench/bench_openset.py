@@ -8,8 +8,8 @@ becomes a test image, Kaggle-style), the left-out frames an ``unknown/`` folder;
 val ECE/NLL before and after temperature scaling (from the calibration stored in best.pt),
 test ECE, and for every candidate score AUROC, FPR at 95% known acceptance and, for the
 shipped score, the shares accepted and rejected at the stored threshold; last, per score, the
-mean and worst AUROC and FPR over the left-out classes. ``--feature-scores`` adds the AUROC of
-scores the graph does not ship (nearest training features, prototypes, Mahalanobis, energy over
+mean and worst AUROC and FPR over the left-out classes. ``--feature-scores`` adds the AUROC and
+FPR of scores the graph does not ship (nearest training features, prototypes, Mahalanobis, energy over
 shaped activations: ReAct, ASH-S), from the same runs' features, ``--tta`` with each output
 averaged over the mirrored image. ``--ensemble-with TAG`` adds two networks together: these
 runs and those of ``--tag TAG`` (the same left-out classes, another seed), their energies
