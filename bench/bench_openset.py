@@ -153,6 +153,14 @@ def energy(logits, temperature: float):
     return -temperature * np.log(np.exp(logits / temperature).sum(1))
 
 
+def auroc_and_fpr(known, unknown) -> tuple[float, float]:
+    """AUROC and FPR at 95% known accepted of a score on known and unknown frames."""
+    from runtime.openset import openset_report
+
+    report = openset_report(known, unknown, None)
+    return report["auroc"], report["fpr_at_95_known"]
+
+
 def feature_scores(work: Path, tta: bool) -> dict[str, tuple[float, float]]:
     """AUROC and FPR at 95% known accepted of scores the graph does not ship, beside energy (the
     shipped one) and cosine: the distance to the nearest training features (deep k-NN, Sun et al. 2022: k = 1, 5), to the
@@ -166,8 +174,6 @@ def feature_scores(work: Path, tta: bool) -> dict[str, tuple[float, float]]:
     import numpy as np
     from sklearn.cluster import KMeans
     from sklearn.covariance import LedoitWolf
-
-    from runtime.openset import openset_report
 
     raw_out, temperature, (weight, bias) = outputs(work, tta)
     out = {name: (lg, raw / np.linalg.norm(raw, axis=1, keepdims=True), y) for name, (lg, raw, y) in raw_out.items()}
@@ -186,16 +192,13 @@ def feature_scores(work: Path, tta: bool) -> dict[str, tuple[float, float]]:
         bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
         return 1 - np.sort(features @ bank.T, axis=1)[:, -k:].mean(1)
 
-    def energy_of(logits):
-        return energy(logits, temperature)
-
     def ash_s(raw, keep=0.1):
         cut = np.sort(raw, axis=1)[:, [-max(1, int(keep * raw.shape[1]))]]
         kept = np.where(raw >= cut, raw, 0)
         return kept * np.exp(raw.sum(1, keepdims=True) / kept.sum(1, keepdims=True))
 
     rules = {
-        "energy": lambda lg, ft, raw: energy_of(lg),
+        "energy": lambda lg, ft, raw: energy(lg, temperature),
         "cosine": lambda lg, ft, raw: nearest(ft, means),
         "1-NN": lambda lg, ft, raw: nearest(ft, train),
         "5-NN": lambda lg, ft, raw: nearest(ft, train, 5),
@@ -204,8 +207,8 @@ def feature_scores(work: Path, tta: bool) -> dict[str, tuple[float, float]]:
         "cosine, centred features": lambda lg, ft, raw: nearest((raw - centre) / np.linalg.norm(raw - centre, axis=1, keepdims=True),
                                                                 centred_means),
         "Mahalanobis": lambda lg, ft, raw: np.min([np.einsum("ij,jk,ik->i", ft - m, precision, ft - m) for m in means], axis=0),
-        "energy, ReAct p90": lambda lg, ft, raw: energy_of(np.minimum(raw, clip) @ weight.T + bias),
-        "energy, ASH-S p90": lambda lg, ft, raw: energy_of(ash_s(raw) @ weight.T + bias),
+        "energy, ReAct p90": lambda lg, ft, raw: energy(np.minimum(raw, clip) @ weight.T + bias, temperature),
+        "energy, ASH-S p90": lambda lg, ft, raw: energy(ash_s(raw) @ weight.T + bias, temperature),
     }
     inputs = {name: (out[name][0], out[name][1], raw_out[name][1]) for name in out}
 
@@ -215,8 +218,7 @@ def feature_scores(work: Path, tta: bool) -> dict[str, tuple[float, float]]:
 
     energy_z, one_nn = standardised(rules["energy"]), standardised(rules["1-NN"])
     rules["energy + 1-NN"] = lambda *x: energy_z(*x) + one_nn(*x)
-    reports = {name: openset_report(rule(*inputs["test"]), rule(*inputs["unknown"]), None) for name, rule in rules.items()}
-    return {name: (r["auroc"], r["fpr_at_95_known"]) for name, r in reports.items()}
+    return {name: auroc_and_fpr(rule(*inputs["test"]), rule(*inputs["unknown"])) for name, rule in rules.items()}
 
 
 def print_feature_scores(works: dict[str, Path], tta: bool) -> None:
@@ -229,24 +231,19 @@ def ensemble_scores(works: tuple[Path, Path]) -> dict[str, tuple[float, float]]:
     """AUROC and FPR at 95% known accepted of each network's energy and of the two together."""
     import numpy as np
 
-    from runtime.openset import openset_report
+    from runtime.classifier import softmax
 
     members = [outputs(work, tta=False) for work in works]
     if any(not np.array_equal(members[0][0][split][2], m[0][split][2]) for m in members for split in ("test", "unknown")):
         raise SystemExit(f"{works[0]} and {works[1]} did not score the same frames")
 
-    def probabilities(logits, t):
-        e = np.exp(logits / t - (logits / t).max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
-
     rules = {
         "energy, first network": lambda split: energy(members[0][0][split][0], members[0][1]),
         "energy, second network": lambda split: energy(members[1][0][split][0], members[1][1]),
         "energy, mean of the two": lambda split: np.mean([energy(m[0][split][0], m[1]) for m in members], axis=0),
-        "msp of the mean probabilities": lambda split: -np.mean([probabilities(m[0][split][0], m[1]) for m in members], axis=0).max(1),
+        "msp of the mean probabilities": lambda split: -np.mean([softmax(m[0][split][0] / m[1]) for m in members], axis=0).max(1),
     }
-    reports = {name: openset_report(rule("test"), rule("unknown"), None) for name, rule in rules.items()}
-    return {name: (r["auroc"], r["fpr_at_95_known"]) for name, r in reports.items()}
+    return {name: auroc_and_fpr(rule("test"), rule("unknown")) for name, rule in rules.items()}
 
 
 def print_table(title: str, table: dict[str, dict[str, tuple[float, float]]]) -> None:

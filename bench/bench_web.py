@@ -134,7 +134,7 @@ def sizes(arch: str, image_sizes: list[int], images: list[Path], rounds: int) ->
     """The page's default on each size's shipped file, the sizes in turn each round: medians."""
     folders = {size: edge_model(arch, size) for size in image_sizes}
     webs = {size: page(folder, json.loads((folder / "model.report.json").read_text())["web_model"]) for size, folder in folders.items()}
-    name, query, webgpu = RUNS[0]
+    _, query, webgpu = RUNS[0]  # the page's default
     rates: dict[int, list[float]] = {size: [] for size in image_sizes}
     for _ in range(rounds):
         for size, web in webs.items():
