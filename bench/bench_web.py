@@ -155,6 +155,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", help="instead: the page's default for each input size, interleaved")
     parser.add_argument("--rounds", type=int, default=4, help="with --sizes")
     args = parser.parse_args()
+    if args.rounds < 1 or any(size < 1 for size in args.sizes or ()):
+        parser.error("--rounds and --sizes take whole numbers of at least 1")
     require_sample()
     if not shutil.which("node") or not Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).exists():
         sys.exit("bench_web needs node and Chromium (apt-get install -y chromium)")
