@@ -306,6 +306,10 @@ def main() -> None:
     args = parser.parse_args()
     sample = require_sample()
     left_out = sorted(p.name for p in (sample / "simpsons_dataset").iterdir()) if args.leave_out == ["all"] else args.leave_out
+    other = argparse.Namespace(**{**vars(args), "tag": args.ensemble_with})
+    missing = [c for c in left_out if args.ensemble_with and not (work_folder(c, other) / "run" / "best.pt").is_file()]
+    if missing:
+        parser.error(f"--ensemble-with {args.ensemble_with}: no trained run for {', '.join(missing)} (train them with --tag {args.ensemble_with})")
     results: dict[str, dict] = {}
     in_parallel([lambda c=c: results.update({c: one(sample, c, args)}) for c in left_out], args.slots)
     for c in left_out:
@@ -316,7 +320,6 @@ def main() -> None:
     if args.feature_scores and results:
         print_feature_scores({c: work_folder(c, args) for c in left_out if c in results}, args.tta)
     if args.ensemble_with and results:
-        other = argparse.Namespace(**{**vars(args), "tag": args.ensemble_with})
         print_table(f"Two networks: --tag {args.tag or '(none)'} and --tag {args.ensemble_with}",
                     {c: ensemble_scores((work_folder(c, args), work_folder(c, other))) for c in left_out if c in results})
 
