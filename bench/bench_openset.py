@@ -11,7 +11,8 @@ shipped score, the shares accepted and rejected at the stored threshold; last, p
 mean and worst AUROC and FPR over the left-out classes. ``--feature-scores`` adds the AUROC and
 FPR of scores the graph does not ship (nearest training features, prototypes, Mahalanobis, energy over
 shaped activations: ReAct, ASH-S), from the same runs' features, ``--tta`` with each output
-averaged over the mirrored image. ``--ensemble-with TAG`` adds two networks together: these
+averaged over the mirrored image. ``--recalibrate`` fits the calibration of runs trained earlier again, with this code's shipped
+score (``simpsons calibrate``). ``--ensemble-with TAG`` adds two networks together: these
 runs and those of ``--tag TAG`` (the same left-out classes, another seed), their energies
 averaged and their calibrated probabilities averaged (maximum softmax), from the kept outputs.
 
@@ -65,6 +66,8 @@ def one(sample: Path, left_out: str, args) -> dict:
     work = work_folder(left_out, args)
     make_root(sample, left_out, work / "data")
     simpsons("manifest", work / "data", "--out", work / "out", "--no-plots")
+    if (work / "run" / "best.pt").is_file() and args.recalibrate:
+        simpsons("calibrate", work / "run", "--device", args.device)
     if not (work / "run" / "best.pt").is_file():
         simpsons("train", "--manifest", work / "out" / "manifest.parquet", "--out", work / "run", "--arch", args.arch,
                  "--weights", args.weights, "--image-size", args.image_size, "--epochs", args.epochs,
@@ -300,6 +303,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--results", type=Path, default=None, help="append each result to this JSON Lines file")
     parser.add_argument("--tag", default="", help="names the work folders, so runs with other --train-args keep their own")
+    parser.add_argument("--recalibrate", action="store_true", help="refit trained runs' calibration with this code first")
     parser.add_argument("--feature-scores", action="store_true", help="also: AUROC of scores over the features (k-NN, ...)")
     parser.add_argument("--tta", action="store_true", help="with --feature-scores: average each output with the mirrored image's")
     parser.add_argument("--ensemble-with", metavar="TAG", help="also: these runs and those of --tag TAG as two networks together")

@@ -284,6 +284,21 @@ def train(resume_dir: Path | None, **options) -> None:
     click.echo(f"best val macro-F1 {best['f1']:.4f} at epoch {best['epoch'] + 1}; checkpoints in {config.out}", err=True)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+def calibrate(run_dir: Path, device: str) -> None:
+    """Fit RUN_DIR's best.pt calibration again (temperature, open-set constants, unknown threshold)
+    without training: a checkpoint calibrated by an older version gets this version's score."""
+    if not (run_dir / "best.pt").is_file() or not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir}: not a finished run (needs best.pt and config.json)")
+    config = dataclasses.replace(C.load(run_dir / "config.json"), out=str(run_dir), device=device)
+    checked_manifest(Path(config.manifest))
+    with needs_train_extra("calibration"):
+        from pipeline.training import train as trainer
+    click.echo(trainer.recalibrate(config), err=True)
+
+
 def checked_manifest(path: Path) -> None:
     """A damaged manifest is refused before torch is imported: in a second and 80 MB, not
     after several seconds and 700 MB. The command reads it again, whole, once torch is there."""

@@ -30,6 +30,7 @@ SCORES = {
     "max_logit": Score("minus the largest logit"),
     "energy": Score("the free energy -T * logsumexp(logits / T)"),
     "cosine": Score("1 - the cosine similarity of the penultimate features to the nearest class mean", 0.0, 2.0),
+    "energy_prototype": Score("energy plus the cosine distance to the nearest training prototype, each standardised on val"),
 }
 
 

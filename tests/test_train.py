@@ -152,6 +152,9 @@ def test_checkpoint_round_trips_and_old_checkpoints_load(pipeline_run, tmp_path:
     assert again.preprocessing == ckpt.preprocessing and again.classes == ckpt.classes
     assert again.calibration.temperature == ckpt.calibration.temperature
     torch.testing.assert_close(again.calibration.centroids, ckpt.calibration.centroids)
+    torch.testing.assert_close(again.calibration.prototypes, ckpt.calibration.prototypes)
+    torch.testing.assert_close(again.calibration.projection, ckpt.calibration.projection)
+    assert again.calibration.standardise == ckpt.calibration.standardise is not None
     old = {k: v for k, v in torch.load(pipeline_run["run"] / "best.pt", weights_only=True).items()
            if k not in ("format_version", "interpolation", "calibration", "resize_size")}
     torch.save(old, tmp_path / "v1.pt")
@@ -192,6 +195,63 @@ def test_threshold_accepts_the_requested_share_or_is_withheld():
     assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0 and auroc(np.ones(3), np.ones(4)) == 0.5
 
 
+def test_energy_prototype_flags_features_far_from_every_training_picture():
+    """The shipped score: a picture the head is as sure of, but whose features lie away from every
+    training picture, scores as less known; val scores are standardised around zero."""
+    import torch.nn.functional as F
+
+    from pipeline.training.calibration import calibrate, prototype_space
+    from pipeline.training.checkpoint import DEFAULT_SCORE
+    from pipeline.training.network import SCORE_RULES, ScoreConstants
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(16)[:3]  # three classes along three axes; unknowns in the other thirteen
+    train_targets = torch.arange(3).repeat_interleave(100)
+    train = centres[train_targets] + 0.1 * torch.randn(300, 16, generator=g)
+    val_targets = torch.arange(3).repeat(20)
+    val = F.normalize(centres[val_targets] + 0.1 * torch.randn(60, 16, generator=g), dim=1)
+    val_logits = 5 * F.one_hot(val_targets, 3).float() + torch.randn(60, 3, generator=g)
+
+    projection, protos = prototype_space(train, train_targets, 3, per_class=8, dims=4)
+    assert projection.shape == (17, 4) and protos.shape == (24, 4) and torch.allclose(protos.norm(dim=1), torch.ones(24))
+    assert torch.equal(protos, prototype_space(train, train_targets, 3, per_class=8, dims=4)[1])  # deterministic
+    assert prototype_space(train[:5], train_targets[:5], 3, per_class=8)[1].shape == (5, 4)  # few images: kept, fewer axes
+
+    cal, _ = calibrate(val_logits, val, val_targets, train, train_targets, 3, "energy_prototype", 0.95)
+    assert DEFAULT_SCORE == "energy_prototype" and cal.prototypes is not None
+    k = ScoreConstants(cal, 3, 16)
+    rule = SCORE_RULES["energy_prototype"]
+    assert abs(float(rule(val_logits, val, k).mean())) < 1e-4
+    far = F.normalize(torch.randn(20, 16, generator=g) * (torch.arange(16) >= 3), dim=1)
+    sure = val_logits[:20]
+    assert (rule(sure, far, k) > rule(sure, val[:20], k) + 1).all()
+
+
+def test_calibrate_refits_a_finished_run_and_refuses_other_folders(pipeline_run, tmp_path: Path):
+    import shutil
+
+    from pipeline.engine.manifest import read
+    from pipeline.engine.schema import Split
+    from pipeline.training.calibration import PROTOTYPES_PER_CLASS
+    from pipeline.training.checkpoint import DEFAULT_SCORE, Calibration, Checkpoint
+    from pipeline.training.train import CENTROID_IMAGES_PER_CLASS
+
+    run = tmp_path / "run"
+    shutil.copytree(pipeline_run["run"], run)
+    ckpt = Checkpoint.load(run / "best.pt")
+    ckpt.calibration = Calibration(ood_score="max_logit")  # as an older version left it
+    ckpt.save(run / "best.pt")
+    result = invoke("calibrate", run, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    cal = Checkpoint.load(run / "best.pt").calibration
+    assert cal.ood_score == DEFAULT_SCORE and cal.temperature != 1.0
+    train = read(pipeline_run["manifest"]).rows(Split.TRAIN)["label"].value_counts()["count"].to_list()
+    # each class's training images and their third-size copies, as at most PROTOTYPES_PER_CLASS centres
+    assert len(cal.prototypes) == sum(min(PROTOTYPES_PER_CLASS, 2 * min(n, CENTROID_IMAGES_PER_CLASS)) for n in train)
+    result = invoke("calibrate", tmp_path / "nothing")
+    assert result.exit_code == 2 and "not a finished run" in result.output and result.output.count("\n") == 1
+
+
 def test_resume_refuses_a_changed_manifest(pipeline_run, tmp_path: Path):
     import shutil
 
@@ -221,7 +281,7 @@ def test_evaluate_reports_calibration_and_the_unknown_verdict(pipeline_run, tmp_
     cal = report["calibration"]
     assert cal["temperature"] > 0 and 0 <= cal["ece_after"] <= 1 and cal["nll_after"] >= 0
     scores = report["unknown"]["scores"]
-    assert set(scores) == {"msp", "max_logit", "energy", "cosine"} and report["unknown"]["shipped"] == DEFAULT_SCORE
+    assert set(scores) == {"msp", "max_logit", "energy", "cosine", "energy_prototype"} and report["unknown"]["shipped"] == DEFAULT_SCORE
     assert all(0 <= s["auroc"] <= 1 and s["unknown_images"] == 12 for s in scores.values())
     shipped, other = scores[DEFAULT_SCORE], scores["max_logit"]
     assert shipped["threshold"] == 0.5 and "unknown_rejected" in shipped and other["threshold"] is None  # applied to the shipped score

@@ -28,7 +28,7 @@ FORMAT_VERSION = 2  # 1: no format_version, interpolation or calibration (still 
 # through at the threshold that keeps 95% of known frames than cosine (63.5% against 70.1%; max
 # logit ties it), though cosine ranks a little better overall (AUROC 0.834 against 0.825); all
 # three tie on the demo's far unknowns. BENCHMARKS.md, "Unknown verdict".
-DEFAULT_SCORE = "energy"
+DEFAULT_SCORE = "energy_prototype"
 UNCALIBRATED_SCORE = "energy"  # for checkpoints without calibration: the best score that needs no centroids
 
 
@@ -82,11 +82,15 @@ class Calibration:
     ood_threshold: float | None = None
     accept_known: float = ACCEPT_KNOWN
     centroids: torch.Tensor | None = None  # C x D, L2-normalised class means of training features
+    projection: torch.Tensor | None = None  # (D + 1) x d: onto the training features' top principal axes (last row: offset)
+    prototypes: torch.Tensor | None = None  # P x d, L2-normalised k-means centres of each class's projected training features
+    standardise: tuple[float, float, float, float] | None = None  # energy's and prototype distance's val mean and std
     fit: dict = field(default_factory=dict)  # val figures before and after (nll, ece), for the record
 
     def to_dict(self) -> dict:
         return {"temperature": self.temperature, "ood_score": self.ood_score, "ood_threshold": self.ood_threshold,
-                "accept_known": self.accept_known, "centroids": self.centroids, "fit": self.fit}
+                "accept_known": self.accept_known, "centroids": self.centroids, "projection": self.projection, "prototypes": self.prototypes,
+                "standardise": self.standardise, "fit": self.fit}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Calibration:

@@ -71,9 +71,10 @@ def usable_rows(manifest: Manifest, split: Split | str, classes: list[str]) -> p
 
 
 def eval_loader(rows: pl.DataFrame, root: Path, classes: list[str], pre: Preprocessing, batch_size: int = 64,
-                workers: int = 2, pin: bool = False) -> DataLoader:
-    """Batches of manifest rows under the evaluation transform (the runtime's preprocessing)."""
-    dataset = datasets.ManifestDataset(rows, root, classes, EvalPreset(pre))
+                workers: int = 2, pin: bool = False, shrink: float = 1.0) -> DataLoader:
+    """Batches of manifest rows under the evaluation transform (the runtime's preprocessing,
+    of pictures ``shrink`` times smaller)."""
+    dataset = datasets.ManifestDataset(rows, root, classes, EvalPreset(pre, shrink))
     return datasets.loader(dataset, batch_size, loader_workers(workers), None, pin)
 
 
@@ -102,7 +103,7 @@ def predict(model: nn.Module, loader, device: torch.device, dtype: torch.dtype |
 
 def predict_rows(model: nn.Module, rows: pl.DataFrame, root: Path, classes: list[str], pre: Preprocessing,
                  device: torch.device, batch_size: int = 64, workers: int = 2,
-                 tta: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+                 tta: bool = False, shrink: float = 1.0) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``predict`` over manifest rows: the one way a checkpoint is scored on them."""
-    return predict(model.to(device), eval_loader(rows, root, classes, pre, batch_size, workers, device.type == "cuda"),
+    return predict(model.to(device), eval_loader(rows, root, classes, pre, batch_size, workers, device.type == "cuda", shrink),
                    device, tta=tta)

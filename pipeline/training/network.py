@@ -17,52 +17,82 @@ from pipeline.training.checkpoint import Calibration
 from pipeline.training.model import split_head
 from runtime.openset import SCORES
 
-ScoreRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ScoreRule = Callable[[torch.Tensor, torch.Tensor, "ScoreConstants"], torch.Tensor]
 
 
-def _msp(logits, features, temperature, centroids):
-    return 1 - torch.softmax(logits / temperature, dim=1).amax(dim=1)
+class ScoreConstants(nn.Module):
+    """What the scores need beyond the network's outputs, fitted at calibration, as buffers: they
+    travel into the ONNX graph as constants. Absent ones are zeros (their scores are not offered)."""
+
+    def __init__(self, calibration: Calibration, num_classes: int, dim: int):
+        super().__init__()
+        c = calibration
+        self.register_buffer("temperature", torch.tensor(float(c.temperature)))
+        self.register_buffer("centroids", (c.centroids if c.centroids is not None else torch.zeros(num_classes, dim)).float())
+        space = c.prototypes is not None and c.projection is not None
+        self.register_buffer("projection", (c.projection if space else torch.zeros(dim + 1, 1)).float())
+        self.register_buffer("prototypes", (c.prototypes if space else torch.zeros(1, 1)).float())
+        self.register_buffer("standardise", torch.tensor(c.standardise or (0.0, 1.0, 0.0, 1.0), dtype=torch.float32))
 
 
-def _max_logit(logits, features, temperature, centroids):
+def _msp(logits, features, k):
+    return 1 - torch.softmax(logits / k.temperature, dim=1).amax(dim=1)
+
+
+def _max_logit(logits, features, k):
     return -logits.amax(dim=1)
 
 
-def _energy(logits, features, temperature, centroids):
-    return -temperature * torch.logsumexp(logits / temperature, dim=1)
+def _energy(logits, features, k):
+    return -k.temperature * torch.logsumexp(logits / k.temperature, dim=1)
 
 
-def _cosine(logits, features, temperature, centroids):
-    return 1 - (features @ centroids.T).amax(dim=1)
+def _cosine(logits, features, k):
+    return 1 - (features @ k.centroids.T).amax(dim=1)
 
 
-# (logits, L2-normalised features, temperature, class centroids) -> score, higher = less known.
-# Names and ranges are runtime.openset.SCORES: the runtime checks thresholds against them.
-SCORE_RULES: dict[str, ScoreRule] = {"msp": _msp, "max_logit": _max_logit, "energy": _energy, "cosine": _cosine}
+def prototype_distance(features: torch.Tensor, k: ScoreConstants) -> torch.Tensor:
+    """1 - the cosine similarity to the nearest training prototype, of any class, in the training
+    features' principal subspace (``calibration.prototype_space``)."""
+    projected = F.normalize(features @ k.projection[:-1] + k.projection[-1], dim=1)
+    return 1 - (projected @ k.prototypes.T).amax(dim=1)
+
+
+def _energy_prototype(logits, features, k):
+    """Energy says how sure the head is, the distance how far the picture lies from every training
+    picture; a new character can fool one and not the other (BENCHMARKS.md, "Unknown verdict")."""
+    energy, distance = _energy(logits, features, k), prototype_distance(features, k)
+    return (energy - k.standardise[0]) / k.standardise[1] + (distance - k.standardise[2]) / k.standardise[3]
+
+
+# (logits, L2-normalised features, constants) -> score, higher = less known. Names and ranges are
+# runtime.openset.SCORES: the runtime checks thresholds against them.
+SCORE_RULES: dict[str, ScoreRule] = {"msp": _msp, "max_logit": _max_logit, "energy": _energy, "cosine": _cosine,
+                                     "energy_prototype": _energy_prototype}
 assert SCORE_RULES.keys() == SCORES.keys()
 
 
-def needs_centroids(score: str) -> bool:
-    return score == "cosine"
+def available(score: str, calibration: Calibration) -> bool:
+    """Whether ``calibration`` holds what ``score`` needs."""
+    if score == "cosine":
+        return calibration.centroids is not None
+    if score == "energy_prototype":
+        return None not in (calibration.prototypes, calibration.projection, calibration.standardise)
+    return True
 
 
 class Network(nn.Module):
     """The classifier as evaluation and export see it: ``image -> (logits, features,
-    ood_score)``. The weights are the checkpoint's; temperature and centroids are buffers, so
-    they travel into the ONNX graph as constants."""
+    ood_score)``, with the weights of the checkpoint and the constants of its calibration."""
 
     def __init__(self, model: nn.Module, calibration: Calibration, num_classes: int):
         super().__init__()
         self.body, self.head = split_head(model)
-        centroids = calibration.centroids
-        if centroids is None:
-            centroids = torch.zeros(num_classes, self.head.in_features)
-        self.register_buffer("temperature", torch.tensor(float(calibration.temperature)))
-        self.register_buffer("centroids", centroids.float())
+        self.constants = ScoreConstants(calibration, num_classes, self.head.in_features)
         self.rule = SCORE_RULES[calibration.ood_score]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raw = self.body(image)
         logits = self.head(raw)
         features = F.normalize(raw.float(), dim=1)
-        return logits, features, self.rule(logits.float(), features, self.temperature, self.centroids)
+        return logits, features, self.rule(logits.float(), features, self.constants)

@@ -16,6 +16,12 @@ from runtime.metadata import Preprocessing
 from runtime.preprocess import load_image, preprocess
 
 
+def shrink(img: Image.Image, factor: float) -> Image.Image:
+    """The picture ``factor`` times smaller on each side (at least 8 pixels), as the Kaggle test
+    images are smaller copies of frames."""
+    return img.resize((max(8, round(img.width / factor)), max(8, round(img.height / factor))), Image.Resampling.BILINEAR)
+
+
 class RandomDownscale:
     """Shrink by a random factor, sometimes: the Kaggle test images are ~3x smaller than the
     training frames, so the model must also learn from blurry, low-resolution copies."""
@@ -26,9 +32,7 @@ class RandomDownscale:
     def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
         if rng.random() >= self.p:
             return img
-        factor = rng.uniform(1.0, self.max_factor)
-        size = (max(8, round(img.width / factor)), max(8, round(img.height / factor)))
-        return img.resize(size, Image.Resampling.BILINEAR)
+        return shrink(img, rng.uniform(1.0, self.max_factor))
 
 
 AUTO_AUGMENT = {"trivial": T.TrivialAugmentWide, "randaugment": T.RandAugment}
@@ -64,8 +68,12 @@ class TrainPreset:
 
 
 class EvalPreset:
-    def __init__(self, pre: Preprocessing):
-        self.pre = pre
+    """The runtime's preprocessing; with ``shrink`` > 1, of the picture made that many times
+    smaller first (the calibration's test-sized copies of training images)."""
+
+    def __init__(self, pre: Preprocessing, shrink: float = 1.0):
+        self.pre, self.shrink = pre, shrink
 
     def __call__(self, path: str, seed: int = 0, size: int | None = None) -> torch.Tensor:
-        return torch.from_numpy(preprocess(path, self.pre))
+        source = shrink(load_image(path), self.shrink) if self.shrink > 1 else path
+        return torch.from_numpy(preprocess(source, self.pre))
