@@ -12,7 +12,9 @@ mean and worst AUROC and FPR over the left-out classes. ``--feature-scores`` add
 FPR of scores the graph does not ship (nearest training features, prototypes, Mahalanobis, energy over
 shaped activations: ReAct, ASH-S), from the same runs' features, ``--tta`` with each output
 averaged over the mirrored image. ``--recalibrate`` fits the calibration of runs trained earlier again, with this code's shipped
-score (``simpsons calibrate``). ``--ensemble-with TAG`` adds two networks together: these
+score (``simpsons calibrate``). ``--copies`` adds the verdict on test-style copies of the test
+and left-out frames (a third the size, saved again as JPEG: as the real test set holds frames).
+``--ensemble-with TAG`` adds two networks together: these
 runs and those of ``--tag TAG`` (the same left-out classes, another seed), their energies
 averaged and their calibrated probabilities averaged (maximum softmax), from the kept outputs.
 
@@ -224,6 +226,56 @@ def feature_scores(work: Path, tta: bool) -> dict[str, tuple[float, float]]:
     return {name: auroc_and_fpr(rule(*inputs["test"]), rule(*inputs["unknown"])) for name, rule in rules.items()}
 
 
+def copy_scores(work: Path) -> dict[str, tuple[float, ...]]:
+    """Per score (energy and the shipped one): known test accepted and left-out rejected at the
+    stored threshold's rule (95% of val accepted) and AUROC, on the frames and on test-style
+    copies of them (a third the size, JPEG quality 75: how the real test set holds frames)."""
+    import torch
+
+    from pipeline.engine.manifest import read as read_manifest
+    from pipeline.engine.schema import Split
+    from pipeline.training import datasets
+    from pipeline.training.calibration import ood_scores
+    from pipeline.training.checkpoint import load_model
+    from pipeline.training.evaluate import unknown_images
+    from pipeline.training.inference import predict, predict_rows
+    from pipeline.training.network import Network
+    from pipeline.training.presets import EvalPreset
+    from pipeline.training.train import SHRUNK_COPIES
+    from runtime.openset import auroc, choose_threshold
+
+    model, ckpt = load_model(work / "run" / "best.pt")
+    cal, pre, cpu = ckpt.calibration, ckpt.preprocessing, torch.device("cpu")
+    network, manifest, frames = Network(model, cal, len(ckpt.classes)).eval(), read_manifest(work / "out" / "manifest.parquet"), unknown_images(work / "data" / "unknown")
+
+    def scores(split: Split | None, shrink: float = 1.0) -> dict:
+        if split is None:
+            unknown = datasets.UnlabelledDataset(frames, EvalPreset(pre, shrink), (3, pre.image_size, pre.image_size))
+            (logits, features, _), _ = predict(network, datasets.loader(unknown, 64, 2), cpu)
+        else:
+            (logits, features, _), _ = predict_rows(network, manifest.rows(split), manifest.data_root(None), ckpt.classes, pre, cpu, shrink=shrink)
+        return {k: v.numpy() for k, v in ood_scores(logits, features, cal).items()}
+
+    val = scores(Split.VAL)
+    sets = {f"{kind}{tag}": scores(split, shrink) for kind, split in (("known", Split.TEST), ("unknown", None))
+            for tag, shrink in (("", 1.0), (" copies", SHRUNK_COPIES))}
+    found = {}
+    for name in ("energy", cal.ood_score):
+        t = choose_threshold(val[name])
+        found[name] = tuple(v for tag in ("", " copies") for v in ((sets["known" + tag][name] <= t).mean(), (sets["unknown" + tag][name] > t).mean(),
+                                                                    auroc(sets["known" + tag][name], sets["unknown" + tag][name])))
+    return found
+
+
+def print_copy_scores(works: dict[str, Path]) -> None:
+    table = {left_out: copy_scores(work) for left_out, work in works.items()}
+    print("\n## Frames and test-style copies (a third the size, JPEG 75): known accepted, left-out rejected at 95% of val, AUROC")
+    print("| score | known accepted | left-out rejected | AUROC | on copies: known accepted | left-out rejected | AUROC |\n|---|---|---|---|---|---|---|")
+    for name in next(iter(table.values())):
+        means = [statistics.mean(table[c][name][i] for c in table) for i in range(6)]
+        print(f"| {name} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+
+
 def print_feature_scores(works: dict[str, Path], tta: bool) -> None:
     table = {left_out: feature_scores(work, tta) for left_out, work in works.items()}
     print_table("AUROC and FPR at 95% known accepted of scores over the features"
@@ -305,6 +357,7 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="names the work folders, so runs with other --train-args keep their own")
     parser.add_argument("--recalibrate", action="store_true", help="refit trained runs' calibration with this code first")
     parser.add_argument("--feature-scores", action="store_true", help="also: AUROC of scores over the features (k-NN, ...)")
+    parser.add_argument("--copies", action="store_true", help="also: the verdict on test-style copies of the frames")
     parser.add_argument("--tta", action="store_true", help="with --feature-scores: average each output with the mirrored image's")
     parser.add_argument("--ensemble-with", metavar="TAG", help="also: these runs and those of --tag TAG as two networks together")
     args = parser.parse_args()
@@ -323,6 +376,8 @@ def main() -> None:
         print(summary([results[c] for c in left_out if c in results]))
     if args.feature_scores and results:
         print_feature_scores({c: work_folder(c, args) for c in left_out if c in results}, args.tta)
+    if args.copies and results:
+        print_copy_scores({c: work_folder(c, args) for c in left_out if c in results})
     if args.ensemble_with and results:
         print_table(f"Two networks: --tag {args.tag or '(none)'} and --tag {args.ensemble_with}",
                     {c: ensemble_scores((work_folder(c, args), work_folder(c, other))) for c in left_out if c in results})

@@ -6,6 +6,7 @@ The eval transform is the runtime's ``preprocess`` wrapped in a tensor: training
 
 from __future__ import annotations
 
+import io
 import random
 
 import torch
@@ -67,13 +68,21 @@ class TrainPreset:
             return self.before(crop(img))
 
 
+def test_style_copy(img: Image.Image, factor: float, quality: int = 75) -> Image.Image:
+    """The picture as the Kaggle test set holds frames: ``factor`` times smaller and saved again
+    as a JPEG. Both change the network's features; the re-encoding more than the size."""
+    buffer = io.BytesIO()
+    shrink(img, factor).save(buffer, format="JPEG", quality=quality)
+    return Image.open(buffer).convert("RGB")
+
+
 class EvalPreset:
-    """The runtime's preprocessing; with ``shrink`` > 1, of the picture made that many times
-    smaller first (the calibration's test-sized copies of training images)."""
+    """The runtime's preprocessing; with ``shrink`` > 1, of a test-style copy of the picture
+    (the calibration's copies of training images)."""
 
     def __init__(self, pre: Preprocessing, shrink: float = 1.0):
         self.pre, self.shrink = pre, shrink
 
     def __call__(self, path: str, seed: int = 0, size: int | None = None) -> torch.Tensor:
-        source = shrink(load_image(path), self.shrink) if self.shrink > 1 else path
+        source = test_style_copy(load_image(path), self.shrink) if self.shrink > 1 else path
         return torch.from_numpy(preprocess(source, self.pre))

@@ -44,10 +44,9 @@ class TrainError(SimpsonsError):
     """The run cannot start or continue as asked; the message says why."""
 
 CENTROID_IMAGES_PER_CLASS = 200  # training images per class behind the open-set scores' centroids and prototypes
-# ...each also as a copy this many times smaller: the Kaggle test images are about a third of the frame
-# size, and with only full-size frames behind them the distance scores call more small known pictures
-# unknown (BENCHMARKS.md, "Unknown verdict": on a third-size copy of the sample's test frames, 88.2%
-# accepted at the val threshold against 90.3% with the copies, energy 89.6%)
+# ...each also as a test-style copy this many times smaller (presets.test_style_copy): the Kaggle test
+# images are about a third of the frame size, and with only the frames behind them the distance scores
+# call more small known pictures unknown (BENCHMARKS.md, "Unknown verdict").
 SHRUNK_COPIES = 3.0
 
 
