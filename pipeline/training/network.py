@@ -77,7 +77,7 @@ def available(score: str, calibration: Calibration) -> bool:
     if score == "cosine":
         return calibration.centroids is not None
     if score == "energy_prototype":
-        return None not in (calibration.prototypes, calibration.projection, calibration.standardise)
+        return all(x is not None for x in (calibration.prototypes, calibration.projection, calibration.standardise))
     return True
 
 
