@@ -29,6 +29,9 @@ input size, the sizes interleaved over ``--rounds`` (the cost of the model's run
 input size, in one hour's conditions).
 
     .venv/bin/python bench/bench_web.py --arch efficientnet_lite0 --sizes 80 72 64 --rounds 4
+
+``--folders A B`` does the same for folders exported by ``simpsons export --portable`` (two
+exports of one checkpoint, say).
 """
 
 from __future__ import annotations
@@ -130,20 +133,23 @@ def bench(arch: str, image_size: int, images: list[Path], webgpu_images: int) ->
             print(row(arch, label, f"{name}, {webgpu_images} frames", report, python[:webgpu_images]), flush=True)
 
 
-def sizes(arch: str, image_sizes: list[int], images: list[Path], rounds: int) -> None:
-    """The page's default on each size's shipped file, the sizes in turn each round: medians."""
-    folders = {size: edge_model(arch, size) for size in image_sizes}
-    webs = {size: page(folder, json.loads((folder / "model.report.json").read_text())["web_model"]) for size, folder in folders.items()}
+def interleaved(folders: dict[str, Path], images: list[Path], rounds: int) -> None:
+    """The page's default on each exported folder's shipped file, the folders in turn each round:
+    medians of img/s and of the time to the first answer."""
+    webs = {name: page(folder, json.loads((folder / "model.report.json").read_text())["web_model"]) for name, folder in folders.items()}
     _, query, webgpu = RUNS[0]  # the page's default
-    rates: dict[int, list[float]] = {size: [] for size in image_sizes}
+    rates: dict[str, list[float]] = {name: [] for name in webs}
+    firsts: dict[str, list[float]] = {name: [] for name in webs}
     for _ in range(rounds):
-        for size, web in webs.items():
+        for name, web in webs.items():
             report = visit(web, query, webgpu, images)
-            rates[size].append(len(report["results"]) / report["seconds"])
-    print(f"| arch | input size | img/s, median of {rounds} | rounds | against {image_sizes[0]} px |\n|---|---|---|---|---|")
-    first = statistics.median(rates[image_sizes[0]])
-    for size, r in rates.items():
-        print(f"| {arch} | {size} | {statistics.median(r):.1f} | {', '.join(f'{x:.1f}' for x in r)} | {statistics.median(r) / first:.2f}x |")
+            rates[name].append(len(report["results"]) / report["seconds"])
+            firsts[name].append(report["timings"]["first_answer_s"])
+    print(f"| model | img/s, median of {rounds} | rounds | against the first | first answer, s |\n|---|---|---|---|---|")
+    first = statistics.median(next(iter(rates.values())))
+    for name, r in rates.items():
+        print(f"| {name} | {statistics.median(r):.1f} | {', '.join(f'{x:.1f}' for x in r)} | {statistics.median(r) / first:.2f}x | "
+              f"{statistics.median(firsts[name]):.2f} |")
 
 
 def main() -> None:
@@ -153,18 +159,22 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--webgpu-images", type=int, default=8, help="frames for the WebGPU row (0: no WebGPU row)")
     parser.add_argument("--sizes", type=int, nargs="+", help="instead: the page's default for each input size, interleaved")
-    parser.add_argument("--rounds", type=int, default=4, help="with --sizes")
+    parser.add_argument("--folders", type=Path, nargs="+", help="instead: the page's default for each exported folder, interleaved")
+    parser.add_argument("--rounds", type=int, default=4, help="with --sizes or --folders")
     args = parser.parse_args()
     if args.rounds < 1 or any(size < 1 for size in args.sizes or ()):
         parser.error("--rounds and --sizes take whole numbers of at least 1")
+    if missing := [str(f) for f in args.folders or () if not (f / "model.report.json").is_file()]:
+        parser.error(f"--folders: no exported model (model.report.json) in {', '.join(missing)}")
     require_sample()
     if not shutil.which("node") or not Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).exists():
         sys.exit("bench_web needs node and Chromium (apt-get install -y chromium)")
     frames = [p for p in files(SAMPLE / "simpsons_dataset") if p.suffix == ".jpg"]
     images = frames[:: max(1, len(frames) // args.images)][: args.images]
-    if args.sizes:
-        for arch in args.arch:
-            sizes(arch, args.sizes, images, args.rounds)
+    if args.sizes or args.folders:
+        folders = {str(f): f.resolve() for f in args.folders or ()} or {f"{arch}, {size} px": edge_model(arch, size)
+                                                              for arch in args.arch for size in args.sizes}
+        interleaved(folders, images, args.rounds)
         return
     print(f"headless Chromium, {len(images)} real frames picked at once, a fresh profile per row")
     print("| arch | variant | backend | img/s | first answer, s | model downloaded, s | session created, s | first picture, s | "
