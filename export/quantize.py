@@ -67,8 +67,8 @@ def int8_weights_only(model, nodes: Collection[str], min_size: int = 4096) -> No
     leaves the score as it was (unlike rounding the activations too)."""
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
-    wanted = {name for n in model.graph.node if n.name in set(nodes) for name in n.input
+    inits, nodes = {i.name: i for i in model.graph.initializer}, set(nodes)
+    wanted = {name for n in model.graph.node if n.name in nodes for name in n.input
               if name in inits and np.prod(inits[name].dims) >= min_size}
     for position, name in enumerate(sorted(wanted)):
         w = numpy_helper.to_array(inits[name]).astype(np.float32)

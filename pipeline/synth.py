@@ -144,10 +144,15 @@ def jpeg(img: Image.Image, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def downscaled_copy(img: Image.Image, scale: float, quality: int = 75) -> bytes:
-    """A test-set style copy of a frame: resized and re-encoded."""
-    small = img.resize((max(8, round(img.width * scale)), max(8, round(img.height * scale))), Image.Resampling.BILINEAR)
-    return jpeg(small, quality)
+def shrink(img: Image.Image, factor: float) -> Image.Image:
+    """The picture ``factor`` times smaller on each side (at least 8 pixels), as the Kaggle test
+    images are smaller copies of frames."""
+    return img.resize((max(8, round(img.width / factor)), max(8, round(img.height / factor))), Image.Resampling.BILINEAR)
+
+
+def downscaled_copy(img: Image.Image, factor: float, quality: int = 75) -> bytes:
+    """A test-set style copy of a frame: ``factor`` times smaller and re-encoded."""
+    return jpeg(shrink(img, factor), quality)
 
 
 def near_identical(img: Image.Image, rng: random.Random) -> Image.Image:
@@ -182,10 +187,10 @@ def write_dataset(
             (folder / f"pic_{i:04d}.jpg").write_bytes(jpeg(frame))
         for i in range(test_per_class):
             if i == 0 and per_class:  # the Kaggle test set holds downscaled training frames
-                data = downscaled_copy(frames[rng.randrange(per_class)], 1 / 3)
+                data = downscaled_copy(frames[rng.randrange(per_class)], 3)
                 planted["test_copies_of_train"] += 1
             else:
-                data = downscaled_copy(draw_frame(looks[name], rng, size), 1 / 3)
+                data = downscaled_copy(draw_frame(looks[name], rng, size), 3)
             test_root.mkdir(parents=True, exist_ok=True)
             (test_root / f"{name}_{i}.jpg").write_bytes(data)
         planted["train"] += per_class
@@ -209,7 +214,7 @@ def write_unknown(out: Path, classes: int, count: int, seed: int = 0, size: tupl
     out.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         look = None if i % 5 == 4 else looks[i % len(looks)]
-        (out / f"unknown_{i:04d}.jpg").write_bytes(downscaled_copy(draw_frame(look, rng, (size[0] * 3, size[1] * 3)), 1 / 3))
+        (out / f"unknown_{i:04d}.jpg").write_bytes(downscaled_copy(draw_frame(look, rng, (size[0] * 3, size[1] * 3)), 3))
     return count
 
 

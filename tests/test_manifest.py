@@ -339,7 +339,7 @@ def test_near_duplicate_detection_finds_copies_and_keeps_distinct_frames_apart()
     looks, rng, rows = synth.class_looks(), random.Random(11), []
     for i in range(300):
         img = synth.draw_frame(looks[synth.CLASSES[i % 42]], rng, (192, 144))
-        for kind, data in (("frame", synth.jpeg(img)), ("copy", synth.downscaled_copy(img, 1 / 3, quality=75))):
+        for kind, data in (("frame", synth.jpeg(img)), ("copy", synth.downscaled_copy(img, 3, quality=75))):
             rows.append({"path": f"{kind}/{i:03d}.jpg", "source": "train", "duplicate_of": None,
                          **fingerprint_stream(io.BytesIO(data), f"{i}.jpg")})
     table = pl.DataFrame(rows).sort("path")

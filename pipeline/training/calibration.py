@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.training.checkpoint import Calibration
-from pipeline.training.network import SCORE_RULES, ScoreConstants, available, prototype_distance
+from pipeline.training.network import SCORE_RULES, ScoreConstants, available, project, prototype_distance
 from runtime.metrics import negative_log_likelihood, reliability
 from runtime.openset import threshold_for
 
@@ -75,7 +75,7 @@ def prototype_space(features: torch.Tensor, targets: torch.Tensor, num_classes: 
     dims = max(1, min(dims, len(features) - 1, features.shape[1]))
     axes = torch.linalg.svd(features - centre, full_matrices=False).Vh[:dims].T  # D x d
     projection = torch.cat([axes, -(centre @ axes)[None]])
-    projected, targets, found = F.normalize(features @ axes - centre @ axes, dim=1).numpy(), targets.numpy(), []
+    projected, targets, found = project(features, projection).numpy(), targets.numpy(), []
     for c in range(num_classes):
         own = projected[targets == c]
         if len(own) > per_class:

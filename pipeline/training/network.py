@@ -51,11 +51,15 @@ def _cosine(logits, features, k):
     return 1 - (features @ k.centroids.T).amax(dim=1)
 
 
+def project(features: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """Features in the training features' principal subspace (``calibration.prototype_space``),
+    L2-normalised: where the prototypes live."""
+    return F.normalize(features @ projection[:-1] + projection[-1], dim=1)
+
+
 def prototype_distance(features: torch.Tensor, k: ScoreConstants) -> torch.Tensor:
-    """1 - the cosine similarity to the nearest training prototype, of any class, in the training
-    features' principal subspace (``calibration.prototype_space``)."""
-    projected = F.normalize(features @ k.projection[:-1] + k.projection[-1], dim=1)
-    return 1 - (projected @ k.prototypes.T).amax(dim=1)
+    """1 - the cosine similarity to the nearest training prototype, of any class."""
+    return 1 - (project(features, k.projection) @ k.prototypes.T).amax(dim=1)
 
 
 def _energy_prototype(logits, features, k):

@@ -13,14 +13,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
+from pipeline.synth import downscaled_copy, shrink
 from runtime.metadata import Preprocessing
 from runtime.preprocess import load_image, preprocess
-
-
-def shrink(img: Image.Image, factor: float) -> Image.Image:
-    """The picture ``factor`` times smaller on each side (at least 8 pixels), as the Kaggle test
-    images are smaller copies of frames."""
-    return img.resize((max(8, round(img.width / factor)), max(8, round(img.height / factor))), Image.Resampling.BILINEAR)
 
 
 class RandomDownscale:
@@ -68,12 +63,11 @@ class TrainPreset:
             return self.before(crop(img))
 
 
-def test_style_copy(img: Image.Image, factor: float, quality: int = 75) -> Image.Image:
-    """The picture as the Kaggle test set holds frames: ``factor`` times smaller and saved again
-    as a JPEG. Both change the network's features; the re-encoding more than the size."""
-    buffer = io.BytesIO()
-    shrink(img, factor).save(buffer, format="JPEG", quality=quality)
-    return Image.open(buffer).convert("RGB")
+def test_style_copy(img: Image.Image, factor: float) -> Image.Image:
+    """The picture as the Kaggle test set holds frames (``synth.downscaled_copy``): ``factor``
+    times smaller and saved again as a JPEG. Both change the network's features; the
+    re-encoding more than the size."""
+    return Image.open(io.BytesIO(downscaled_copy(img, factor))).convert("RGB")
 
 
 class EvalPreset:
