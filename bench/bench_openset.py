@@ -9,7 +9,7 @@ val ECE/NLL before and after temperature scaling (from the calibration stored in
 test ECE, and for every candidate score AUROC, FPR at 95% known acceptance and, for the
 shipped score, the shares accepted and rejected at the stored threshold; last, per score, the
 mean and worst AUROC and FPR over the left-out classes. ``--feature-scores`` adds the AUROC and
-FPR of scores the graph does not ship (nearest training features, prototypes, Mahalanobis, energy over
+FPR of scores the graph does not ship (nearest training features, prototypes at other settings, Mahalanobis, energy over
 shaped activations: ReAct, ASH-S), from the same runs' features, ``--tta`` with each output
 averaged over the mirrored image. ``--recalibrate`` fits the calibration of runs trained earlier again, with this code's shipped
 score (``simpsons calibrate``). ``--copies`` adds the verdict on test-style copies of the test
@@ -109,9 +109,10 @@ def ece_floor(predictions_csv: Path, runs: int = 200) -> float:
 
 
 def outputs(work: Path, tta: bool) -> tuple[dict[str, tuple], float, tuple]:
-    """(logits, raw penultimate features, targets) of a finished run's best.pt on its train, val
-    and test rows and on the left-out frames, as numpy arrays (kept beside the run: computing
-    them is most of the cost); its temperature; its head's weight and bias."""
+    """(logits, raw penultimate features, raw embedding, targets) of a finished run's best.pt on
+    its train, val and test rows and on the left-out frames, as numpy arrays (kept beside the
+    run: computing them is most of the cost); its temperature; its head's weight and bias. The
+    embedding is where the shipped distances measure (``model.split_embedding``)."""
     import numpy as np
     import torch
     from torch import nn
@@ -121,32 +122,33 @@ def outputs(work: Path, tta: bool) -> tuple[dict[str, tuple], float, tuple]:
     from pipeline.training.checkpoint import load_model
     from pipeline.training.evaluate import unknown_images
     from pipeline.training.inference import predict, predict_rows, usable_rows
-    from pipeline.training.model import split_head
+    from pipeline.training.model import split_embedding
     from pipeline.training.presets import EvalPreset
 
-    class Penultimate(nn.Module):
+    class Outputs(nn.Module):
         def __init__(self, model: nn.Module):
             super().__init__()
-            self.body, self.head = split_head(model)
+            self.trunk, self.neck, self.head, _ = split_embedding(model)
 
         def forward(self, image):
-            raw = self.body(image)
-            return self.head(raw), raw
+            inner = self.trunk(image)
+            raw = self.neck(inner)
+            return self.head(raw), raw, inner.mean(dim=(2, 3)) if inner.ndim == 4 else inner
 
     model, ckpt = load_model(work / "run" / "best.pt")
-    network = Penultimate(model)
+    network = Outputs(model)
     head = (network.head.weight.detach().numpy(), network.head.bias.detach().numpy())
-    cache = work / f"outputs{'-tta' if tta else ''}.npz"
+    names, cache = ("train", "val", "test", "unknown"), work / f"outputs{'-tta' if tta else ''}.npz"
     if cache.is_file() and cache.stat().st_mtime >= (work / "run" / "best.pt").stat().st_mtime:  # not from an earlier training
         kept = np.load(cache)
-        return {name: tuple(kept[f"{name}_{i}"] for i in range(3)) for name in ("train", "val", "test", "unknown")}, \
-            ckpt.calibration.temperature, head
+        if all(f"{name}_3" in kept for name in names):  # not from a version without the embedding
+            return {name: tuple(kept[f"{name}_{i}"] for i in range(4)) for name in names}, ckpt.calibration.temperature, head
     manifest, pre, cpu = read_manifest(work / "out" / "manifest.parquet"), ckpt.preprocessing, torch.device("cpu")
     found = {split: predict_rows(network, usable_rows(manifest, split, ckpt.classes), manifest.data_root(None), ckpt.classes, pre,
                                  cpu, tta=tta) for split in ("train", "val", "test")}
     unknown = datasets.UnlabelledDataset(unknown_images(work / "data" / "unknown"), EvalPreset(pre), (3, pre.image_size, pre.image_size))
     found["unknown"] = predict(network, datasets.loader(unknown, 64, 2), cpu, tta=tta)
-    found = {name: (out[0].numpy(), out[1].numpy(), targets.numpy()) for name, (out, targets) in found.items()}
+    found = {name: (*(o.numpy() for o in out), targets.numpy()) for name, (out, targets) in found.items()}
     np.savez(cache, **{f"{name}_{i}": a for name, arrays in found.items() for i, a in enumerate(arrays)})
     return found, ckpt.calibration.temperature, head
 
@@ -167,63 +169,72 @@ def auroc_and_fpr(known, unknown) -> tuple[float, float]:
 
 
 def feature_scores(work: Path, tta: bool) -> dict[str, tuple[float, float]]:
-    """AUROC and FPR at 95% known accepted of scores the graph does not ship, beside energy (the
-    shipped one) and cosine: the distance to the nearest training features (deep k-NN, Sun et al. 2022: k = 1, 5), to the
-    nearest of 4 or 16 k-means prototypes a class, cosine over features centred on the training
-    features' mean (one more graph op), the Mahalanobis distance to the nearest class mean
-    (shared Ledoit-Wolf covariance, Lee et al. 2018), energy plus the 1-NN distance (each
+    """AUROC and FPR at 95% known accepted of scores the graph does not ship, beside energy and
+    cosine: the distance to the nearest training features (deep k-NN, Sun et al. 2022: k = 1, 5),
+    to the nearest training prototype as calibration builds them (``prototype_space``, from the
+    frames alone: the shipped ones add test-style copies) at other counts and dimensions and over
+    the penultimate features instead of the embedding, cosine over features centred on the
+    training features' mean (one more graph op), the Mahalanobis distance to the nearest class
+    mean (shared Ledoit-Wolf covariance, Lee et al. 2018), energy plus a distance (each
     standardised on val), and energy over shaped activations, which would ship as a few graph
-    ops: ReAct (features clipped at the 90th percentile of the training ones, Sun et al. 2021)
-    and ASH-S (each picture's top 10% of features kept and rescaled, Djurisic et al. 2023).
-    The distances use the graph's L2-normalised penultimate features."""
+    ops: ReAct (penultimate features clipped at the 90th percentile of the training ones, Sun et
+    al. 2021) and ASH-S (each picture's top 10% of them kept and rescaled, Djurisic et al. 2023).
+    The distances use the graph's L2-normalised embedding unless said."""
     import numpy as np
-    from sklearn.cluster import KMeans
+    import torch
     from sklearn.covariance import LedoitWolf
 
-    raw_out, temperature, (weight, bias) = outputs(work, tta)
-    out = {name: (lg, raw / np.linalg.norm(raw, axis=1, keepdims=True), y) for name, (lg, raw, y) in raw_out.items()}
-    train, labels = out["train"][1], out["train"][2]
-    classes = range(out["train"][0].shape[1])
+    from pipeline.training.calibration import PROTOTYPE_DIMS, PROTOTYPES_PER_CLASS, prototype_space
+    from pipeline.training.network import project
+
+    def unit(a):
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    kept, temperature, (weight, bias) = outputs(work, tta)
+    inputs = {name: {"logits": lg, "features": unit(emb), "embedding": emb, "penultimate": pen} for name, (lg, pen, emb, _) in kept.items()}
+    train, labels = inputs["train"]["features"], kept["train"][3]
+    classes = range(kept["train"][0].shape[1])
     means = np.stack([train[labels == c].mean(0) for c in classes])
     precision = LedoitWolf().fit(train - means[labels]).precision_
-    prototypes = {k: np.concatenate([KMeans(min(k, (labels == c).sum()), n_init=3, random_state=0).fit(train[labels == c]).cluster_centers_
-                                     for c in classes]) for k in (4, 16)}
-    centre = raw_out["train"][1].mean(0)
-    centred = (raw_out["train"][1] - centre) / np.linalg.norm(raw_out["train"][1] - centre, axis=1, keepdims=True)
-    centred_means = np.stack([centred[labels == c].mean(0) for c in classes])
-    clip = np.percentile(raw_out["train"][1], 90)
+    centre = inputs["train"]["embedding"].mean(0)
+    centred_means = np.stack([unit(inputs["train"]["embedding"] - centre)[labels == c].mean(0) for c in classes])
+    clip = np.percentile(inputs["train"]["penultimate"], 90)
 
     def nearest(features, bank, k=1):
-        bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
-        return 1 - np.sort(features @ bank.T, axis=1)[:, -k:].mean(1)
+        return 1 - np.sort(features @ unit(bank).T, axis=1)[:, -k:].mean(1)
 
     def ash_s(raw, keep=0.1):
         cut = np.sort(raw, axis=1)[:, [-max(1, int(keep * raw.shape[1]))]]
         kept = np.where(raw >= cut, raw, 0)
         return kept * np.exp(raw.sum(1, keepdims=True) / kept.sum(1, keepdims=True))
 
+    def prototypes(per_class=PROTOTYPES_PER_CLASS, dims=PROTOTYPE_DIMS, over="embedding"):
+        space = prototype_space(torch.from_numpy(inputs["train"][over]), torch.from_numpy(labels), len(classes), per_class, dims)
+        return lambda x: 1 - (project(torch.from_numpy(unit(x[over])), space[0]) @ space[1].T).amax(dim=1).numpy()
+
     rules = {
-        "energy": lambda lg, ft, raw: energy(lg, temperature),
-        "cosine": lambda lg, ft, raw: nearest(ft, means),
-        "1-NN": lambda lg, ft, raw: nearest(ft, train),
-        "5-NN": lambda lg, ft, raw: nearest(ft, train, 5),
-        "4 prototypes a class": lambda lg, ft, raw: nearest(ft, prototypes[4]),
-        "16 prototypes a class": lambda lg, ft, raw: nearest(ft, prototypes[16]),
-        "cosine, centred features": lambda lg, ft, raw: nearest((raw - centre) / np.linalg.norm(raw - centre, axis=1, keepdims=True),
-                                                                centred_means),
-        "Mahalanobis": lambda lg, ft, raw: np.min([np.einsum("ij,jk,ik->i", ft - m, precision, ft - m) for m in means], axis=0),
-        "energy, ReAct p90": lambda lg, ft, raw: energy(np.minimum(raw, clip) @ weight.T + bias, temperature),
-        "energy, ASH-S p90": lambda lg, ft, raw: energy(ash_s(raw) @ weight.T + bias, temperature),
+        "energy": lambda x: energy(x["logits"], temperature),
+        "cosine": lambda x: nearest(x["features"], means),
+        "1-NN": lambda x: nearest(x["features"], train),
+        "5-NN": lambda x: nearest(x["features"], train, 5),
+        f"nearest prototype ({PROTOTYPES_PER_CLASS} a class, {PROTOTYPE_DIMS} dimensions, frames only)": prototypes(),
+        "nearest prototype, 16 a class": prototypes(per_class=16),
+        f"nearest prototype, {PROTOTYPE_DIMS // 2} dimensions": prototypes(dims=PROTOTYPE_DIMS // 2),
+        "nearest prototype over the penultimate features": prototypes(over="penultimate"),
+        "cosine, centred features": lambda x: nearest(unit(x["embedding"] - centre), centred_means),
+        "Mahalanobis": lambda x: np.min([np.einsum("ij,jk,ik->i", x["features"] - m, precision, x["features"] - m) for m in means], axis=0),
+        "energy, ReAct p90": lambda x: energy(np.minimum(x["penultimate"], clip) @ weight.T + bias, temperature),
+        "energy, ASH-S p90": lambda x: energy(ash_s(x["penultimate"]) @ weight.T + bias, temperature),
     }
-    inputs = {name: (out[name][0], out[name][1], raw_out[name][1]) for name in out}
 
     def standardised(rule):
-        val = rule(*inputs["val"])
-        return lambda *x: (rule(*x) - val.mean()) / val.std()
+        val = rule(inputs["val"])
+        return lambda x: (rule(x) - val.mean()) / val.std()
 
-    energy_z, one_nn = standardised(rules["energy"]), standardised(rules["1-NN"])
-    rules["energy + 1-NN"] = lambda *x: energy_z(*x) + one_nn(*x)
-    return {name: auroc_and_fpr(rule(*inputs["test"]), rule(*inputs["unknown"])) for name, rule in rules.items()}
+    energy_z = standardised(rules["energy"])
+    for name in [n for n in rules if n == "1-NN" or n.startswith("nearest prototype")]:
+        rules[f"energy + {name}"] = lambda x, distance=standardised(rules[name]): energy_z(x) + distance(x)
+    return {name: auroc_and_fpr(rule(inputs["test"]), rule(inputs["unknown"])) for name, rule in rules.items()}
 
 
 def copy_scores(work: Path) -> dict[str, tuple[float, ...]]:
@@ -289,7 +300,7 @@ def ensemble_scores(works: tuple[Path, Path]) -> dict[str, tuple[float, float]]:
     from runtime.classifier import softmax
 
     members = [outputs(work, tta=False) for work in works]
-    if any(not np.array_equal(members[0][0][split][2], m[0][split][2]) for m in members for split in ("test", "unknown")):
+    if any(not np.array_equal(members[0][0][split][3], m[0][split][3]) for m in members for split in ("test", "unknown")):
         raise SystemExit(f"{works[0]} and {works[1]} did not score the same frames")
 
     rules = {

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipeline.training.efficientnet_lite import SPECS, build_efficientnet_lite, lite_archs, map_weights, weights_path
-from pipeline.training.model import WeightsError, _head_name, _replace_head, split_head
+from pipeline.training.model import WeightsError, _head_name, _replace_head, split_embedding, split_head
 from tests.conftest import invoke
 
 
@@ -56,6 +56,10 @@ def test_logits_head_and_checkpoint_round_trip():
         features = body(x)
         assert features.shape == (2, 1280)
         torch.testing.assert_close(head(features), logits)
+        trunk, neck, head, dim = split_embedding(model)  # the distances measure before the last 1x1 conv widens to 1280
+        inner = trunk(x)
+        assert dim == inner.shape[1] == 320
+        torch.testing.assert_close(head(neck(inner)), logits)
     rebuilt = build_efficientnet_lite("efficientnet_lite0", 6, pretrained=False).eval()
     rebuilt.load_state_dict(model.state_dict())  # strict: a checkpoint loads by arch name
     with torch.no_grad():

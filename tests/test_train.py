@@ -239,8 +239,11 @@ def test_calibrate_refits_a_finished_run_and_refuses_other_folders(pipeline_run,
     run = tmp_path / "run"
     shutil.copytree(pipeline_run["run"], run)
     ckpt = Checkpoint.load(run / "best.pt")
-    ckpt.calibration = Calibration(ood_score="max_logit")  # as an older version left it
+    ckpt.calibration = Calibration(ood_score="max_logit", centroids=torch.zeros(3, 7))  # as a version with other features left it
     ckpt.save(run / "best.pt")
+    result = invoke("evaluate", "--checkpoint", run / "best.pt", "--manifest", pipeline_run["manifest"], "--out", tmp_path / "eval")
+    assert result.exit_code == 2 and "fitted on 7 features" in result.output and "simpsons calibrate" in result.output
+    assert result.output.count("\n") == 1
     result = invoke("calibrate", run, "--device", "cpu")
     assert result.exit_code == 0, result.output
     cal = Checkpoint.load(run / "best.pt").calibration

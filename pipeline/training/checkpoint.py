@@ -93,6 +93,12 @@ class Calibration:
                 "accept_known": self.accept_known, "centroids": self.centroids, "projection": self.projection, "prototypes": self.prototypes,
                 "standardise": self.standardise, "fit": self.fit}
 
+    def feature_dim(self) -> int | None:
+        """The length of the features it was fitted on (None: it holds nothing fitted on them)."""
+        if self.centroids is not None:
+            return self.centroids.shape[1]
+        return None if self.projection is None else self.projection.shape[0] - 1
+
     @classmethod
     def from_dict(cls, d: dict | None) -> Calibration:
         return cls(**d) if d else cls()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ from pipeline.training import efficientnet_lite as lite
 from pipeline.training.efficientnet_lite import WeightsError
 from pipeline.training.tensors import read_tensors
 
-__all__ = ["WeightsError", "available_archs", "build_model", "freeze_finer_than", "pretrained_normalisation", "split_head", "train_mode"]
+__all__ = ["WeightsError", "available_archs", "build_model", "freeze_finer_than", "pretrained_normalisation", "split_embedding", "split_head",
+           "train_mode"]
 
 
 def available_archs() -> list[str]:
@@ -68,6 +70,28 @@ def split_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
     body = copy.deepcopy(model)
     _set_module(body, name, nn.Identity())
     return body, model.get_submodule(name)
+
+
+class Embedding(NamedTuple):
+    """A classifier cut where its embedding is: ``head(neck(trunk(x))) == model(x)``."""
+
+    trunk: nn.Module  # image -> the embedding, or a feature map whose spatial mean it is
+    neck: nn.Module  # the trunk's output -> the penultimate features
+    head: nn.Linear  # penultimate features -> logits
+    dim: int  # the embedding's length
+
+
+def split_embedding(model: nn.Module) -> Embedding:
+    """Where the open-set distances measure: EfficientNet-Lite's last block (320 channels, before
+    the 1x1 convolution that widens them to 1280 through ReLU6, whose sparse, clipped output places
+    a new character nearer the known ones: eighteen leave-one-out runs, AUROC 0.860 against 0.852,
+    worst 0.756 against 0.717, BENCHMARKS.md "Unknown verdict"); every other architecture's
+    penultimate features."""
+    body, head = split_head(model)
+    if isinstance(body, lite.EfficientNetLite):
+        return Embedding(nn.Sequential(body.stem, body.blocks), nn.Sequential(body.head, body.pool, nn.Flatten(1), body.classifier),
+                         head, body.head[0].in_channels)
+    return Embedding(body, nn.Identity(), head, head.in_features)
 
 
 def _imagenet(arch: str) -> nn.Module:

@@ -1,7 +1,7 @@
 """The network as evaluation and export see it: ``image -> (logits, features, ood_score)``.
 
 The open-set scores are post-hoc rules over what the network already computes (logits and
-penultimate features); ``Network`` puts the chosen one into the graph as the ``ood_score``
+its embedding: ``model.split_embedding``); ``Network`` puts the chosen one into the graph as the ``ood_score``
 output, so every consumer of the exported file computes the same number.
 """
 
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.training.checkpoint import Calibration
-from pipeline.training.model import split_head
+from pipeline.training.checkpoint import Calibration, CheckpointError
+from pipeline.training.model import split_embedding
 from runtime.openset import SCORES
 
 ScoreRule = Callable[[torch.Tensor, torch.Tensor, "ScoreConstants"], torch.Tensor]
@@ -87,16 +87,21 @@ def available(score: str, calibration: Calibration) -> bool:
 
 class Network(nn.Module):
     """The classifier as evaluation and export see it: ``image -> (logits, features,
-    ood_score)``, with the weights of the checkpoint and the constants of its calibration."""
+    ood_score)``, with the weights of the checkpoint and the constants of its calibration; the
+    features are the L2-normalised embedding."""
 
     def __init__(self, model: nn.Module, calibration: Calibration, num_classes: int):
         super().__init__()
-        self.body, self.head = split_head(model)
-        self.constants = ScoreConstants(calibration, num_classes, self.head.in_features)
+        self.trunk, self.neck, self.head, dim = split_embedding(model)
+        fitted = calibration.feature_dim()
+        if fitted not in (None, dim):
+            raise CheckpointError(f"the calibration was fitted on {fitted} features, the network's embedding has {dim} "
+                                  "(an older version's): run `simpsons calibrate RUN_DIR` to fit it again")
+        self.constants = ScoreConstants(calibration, num_classes, dim)
         self.rule = SCORE_RULES[calibration.ood_score]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raw = self.body(image)
-        logits = self.head(raw)
-        features = F.normalize(raw.float(), dim=1)
+        inner = self.trunk(image)
+        logits = self.head(self.neck(inner))
+        features = F.normalize((inner.mean(dim=(2, 3)) if inner.ndim == 4 else inner).float(), dim=1)
         return logits, features, self.rule(logits.float(), features, self.constants)
