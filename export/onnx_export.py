@@ -44,7 +44,7 @@ LAYOUTS = {  # what each tensor holds, for the sidecar's readers
     "tensor(uint8)": "NHWC uint8, RGB 0-255 as decoded, any height and width",
     LOGITS: "N x classes, before temperature and softmax",
     PROBABILITIES: "N x classes, calibrated (temperature applied), sums to 1",
-    FEATURES: "N x D, L2-normalised penultimate features (cosine similarity = dot product)",
+    FEATURES: "N x D, the L2-normalised embedding: EfficientNet-Lite's last block, other networks' penultimate features (cosine similarity = dot product)",
     OOD_SCORE: "N, higher = less like any known class; above ood_threshold the verdict is 'unknown'",
 }
 

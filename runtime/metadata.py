@@ -21,7 +21,7 @@ from runtime.errors import MetadataError
 FORMAT_VERSION = 2  # 1: no temperature, unknown threshold or variant (still readable: T = 1, no verdict)
 INPUT_NAME = "image"  # float32 N x 3 x S x S normalised; uint8 N x H x W x 3 RGB in the portable model
 LOGITS = "logits"  # float32 N x classes, before temperature and softmax
-FEATURES = "features"  # float32 N x D, L2-normalised penultimate features (similarity search)
+FEATURES = "features"  # float32 N x D, the L2-normalised embedding (similarity search; Lite: its last block, others: penultimate)
 OOD_SCORE = "ood_score"  # float32 N, higher = less like any known class
 PROBABILITIES = "probabilities"  # float32 N x classes, calibrated (portable model only)
 OUTPUT_NAME = LOGITS  # the one output every plain model has (format 1 had only this)

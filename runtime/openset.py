@@ -29,7 +29,7 @@ SCORES = {
     "msp": Score("1 - the calibrated top-1 probability (maximum softmax probability)", 0.0, 1.0),
     "max_logit": Score("minus the largest logit"),
     "energy": Score("the free energy -T * logsumexp(logits / T)"),
-    "cosine": Score("1 - the cosine similarity of the penultimate features to the nearest class mean", 0.0, 2.0),
+    "cosine": Score("1 - the cosine similarity of the embedding to the nearest class mean", 0.0, 2.0),
     "energy_prototype": Score("energy plus the cosine distance to the nearest training prototype, each standardised on val"),
 }
 

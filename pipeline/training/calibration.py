@@ -24,10 +24,10 @@ from runtime.openset import threshold_for
 TEMPERATURE_RANGE = (0.05, 20.0)
 # Nearest-prototype distance: the training features projected onto their top PROTOTYPE_DIMS
 # principal axes, each class summarised by up to PROTOTYPES_PER_CLASS k-means centres there. On the
-# real sample (eighteen leave-one-out runs, energy plus the distance): 64 centres in all 1280
-# dimensions matched the distance to every training image (AUROC 0.852, FPR at 95% known 0.612),
-# 16 lost at the threshold (0.850, 0.640); 256 dimensions did as well as 1280 (0.852, 0.600) in a
-# fifth of the size (128: 0.850, 0.604). BENCHMARKS.md, "Unknown verdict".
+# real sample (eighteen leave-one-out runs, energy plus the distance, prototypes from the frames:
+# `bench/bench_openset.py --feature-scores`): 64 centres gave AUROC 0.860 against 0.865 for the
+# distance to every training image (which the graph cannot carry for 42 classes), 16 centres
+# 0.857; 256 dimensions 0.860, 128 0.858. BENCHMARKS.md, "Unknown verdict".
 PROTOTYPES_PER_CLASS = 64
 PROTOTYPE_DIMS = 256
 
