@@ -1,8 +1,8 @@
 """The network as evaluation and export see it: ``image -> (logits, features, ood_score)``.
 
-The open-set scores are post-hoc rules over what the network already computes (logits and
-its embedding: ``model.split_embedding``); ``Network`` puts the chosen one into the graph as the ``ood_score``
-output, so every consumer of the exported file computes the same number.
+The open-set scores are post-hoc rules over what the network already computes (logits and its
+embedding: ``model.split_embedding``); ``Network`` puts the chosen one into the graph as the
+``ood_score`` output, so every consumer of the exported file computes the same number.
 """
 
 from __future__ import annotations
