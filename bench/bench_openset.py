@@ -122,7 +122,7 @@ def outputs(work: Path, tta: bool) -> tuple[dict[str, tuple], float, tuple]:
     from pipeline.training.checkpoint import load_model
     from pipeline.training.evaluate import unknown_images
     from pipeline.training.inference import predict, predict_rows, usable_rows
-    from pipeline.training.model import split_embedding
+    from pipeline.training.model import pooled, split_embedding
     from pipeline.training.presets import EvalPreset
 
     class Outputs(nn.Module):
@@ -133,7 +133,7 @@ def outputs(work: Path, tta: bool) -> tuple[dict[str, tuple], float, tuple]:
         def forward(self, image):
             inner = self.trunk(image)
             raw = self.neck(inner)
-            return self.head(raw), raw, inner.mean(dim=(2, 3)) if inner.ndim == 4 else inner
+            return self.head(raw), raw, pooled(inner)
 
     model, ckpt = load_model(work / "run" / "best.pt")
     network = Outputs(model)

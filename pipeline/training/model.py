@@ -19,8 +19,8 @@ from pipeline.training import efficientnet_lite as lite
 from pipeline.training.efficientnet_lite import WeightsError
 from pipeline.training.tensors import read_tensors
 
-__all__ = ["WeightsError", "available_archs", "build_model", "freeze_finer_than", "pretrained_normalisation", "split_embedding", "split_head",
-           "train_mode"]
+__all__ = ["WeightsError", "available_archs", "build_model", "freeze_finer_than", "pretrained_normalisation", "pooled", "split_embedding",
+           "split_head", "train_mode"]
 
 
 def available_archs() -> list[str]:
@@ -92,6 +92,11 @@ def split_embedding(model: nn.Module) -> Embedding:
         return Embedding(nn.Sequential(body.stem, body.blocks), nn.Sequential(body.head, body.pool, nn.Flatten(1), body.classifier),
                          head, body.head[0].in_channels)
     return Embedding(body, nn.Identity(), head, head.in_features)
+
+
+def pooled(inner: torch.Tensor) -> torch.Tensor:
+    """The embedding from a trunk's output: a feature map's spatial mean, a vector as it is."""
+    return inner.mean(dim=(2, 3)) if inner.ndim == 4 else inner
 
 
 def _imagenet(arch: str) -> nn.Module:

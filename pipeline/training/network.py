@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.training.checkpoint import Calibration, CheckpointError
-from pipeline.training.model import split_embedding
+from pipeline.training.model import pooled, split_embedding
 from runtime.openset import SCORES
 
 ScoreRule = Callable[[torch.Tensor, torch.Tensor, "ScoreConstants"], torch.Tensor]
@@ -103,5 +103,5 @@ class Network(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inner = self.trunk(image)
         logits = self.head(self.neck(inner))
-        features = F.normalize((inner.mean(dim=(2, 3)) if inner.ndim == 4 else inner).float(), dim=1)
+        features = F.normalize(pooled(inner).float(), dim=1)
         return logits, features, self.rule(logits.float(), features, self.constants)
