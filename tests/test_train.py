@@ -29,6 +29,11 @@ def test_loss_falls_and_checkpoint_loads_as_documented(pipeline_run):
     config = json.loads((pipeline_run["run"] / "config.json").read_text())
     assert config["arch"] == "resnet18" and len(config["manifest_hash"]) == 16
     assert list((pipeline_run["run"]).glob("events.out.tfevents.*"))
+    from pipeline.training.calibration import TEMPERATURE_RANGE
+
+    # this easy val split is classified without an error: its test-style copies give the temperature a minimum
+    temperature = ckpt["calibration"]["temperature"]
+    assert TEMPERATURE_RANGE[0] * 1.01 < temperature < TEMPERATURE_RANGE[1] / 1.01, ckpt["calibration"]["fit"]
 
 
 def interrupted_in_second_epoch(monkeypatch, *args):
@@ -176,6 +181,21 @@ def test_temperature_scaling_lowers_nll_of_an_overconfident_model():
     assert temperature > 2.0
     assert fit["nll_after"] < 0.7 * fit["nll_before"] and fit["ece_after"] < 0.5 * fit["ece_before"]
     assert fit_temperature(logits / temperature, targets) == pytest.approx(1.0, abs=0.01)
+
+
+def test_a_flawless_val_split_takes_its_temperature_from_the_images_given():
+    from pipeline.training.calibration import calibrate, fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    targets = torch.arange(40) % 4
+    logits = torch.randn(40, 4, generator=g)
+    logits[torch.arange(40), targets] += 8.0  # every image right: the NLL falls as T shrinks
+    copies = logits.clone()
+    copies[:10] = copies[:10].roll(1, dims=1)  # a quarter wrong, as sure as ever
+    features = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    calibration, _ = calibrate(logits, features, targets, features, targets, 4, "energy", 0.95, temperature_on=(copies, targets))
+    assert calibration.temperature == pytest.approx(fit_temperature(copies, targets)) and calibration.temperature > 1.0
+    assert calibration.fit["temperature_on"] == "val copies"
 
 
 def test_threshold_accepts_the_requested_share_or_is_withheld():

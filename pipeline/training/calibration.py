@@ -2,7 +2,9 @@
 
 Temperature scaling (Guo et al., 2017): one scalar T, fitted on the val split by minimising the
 negative log-likelihood of ``softmax(logits / T)``; it changes no prediction, only how sure
-each one claims to be. The open-set scores (``network.SCORE_RULES``) are post-hoc rules over
+each one claims to be. A val split classified without an error has no such minimum (the NLL
+falls as T shrinks, to certainty on every picture, wrong ones included): then T is fitted on
+test-style copies of the val images, which hold errors and look like the real test set. The open-set scores (``network.SCORE_RULES``) are post-hoc rules over
 what the network already computes; what they need from the training and val images (class
 centroids, prototypes, a standardisation) and the threshold of the shipped one are fitted here.
 """
@@ -30,6 +32,10 @@ TEMPERATURE_RANGE = (0.05, 20.0)
 # 0.857; 256 dimensions 0.860, 128 0.858. BENCHMARKS.md, "Unknown verdict".
 PROTOTYPES_PER_CLASS = 64
 PROTOTYPE_DIMS = 256
+
+
+def all_right(logits: torch.Tensor, targets: torch.Tensor) -> bool:
+    return len(targets) > 0 and bool((logits.argmax(1) == targets).all())
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -97,17 +103,20 @@ def fit_report(logits: torch.Tensor, targets: torch.Tensor, temperature: float) 
 def calibrate(
     val_logits: torch.Tensor, val_features: torch.Tensor, val_targets: torch.Tensor,
     train_features: torch.Tensor, train_targets: torch.Tensor, num_classes: int,
-    score: str, accept_known: float,
+    score: str, accept_known: float, temperature_on: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[Calibration, list[str]]:
-    """Temperature, what every candidate score needs (kept whichever ships, so each can be
-    evaluated and exported) and the threshold accepting ``accept_known`` of val, from the
-    network's outputs; returns the calibration and the warnings a person should see."""
-    temperature = fit_temperature(val_logits, val_targets)
+    """Temperature (fitted on ``temperature_on``'s logits and targets if given, else on val's),
+    what every candidate score needs (kept whichever ships, so each can be evaluated and
+    exported) and the threshold accepting ``accept_known`` of val, from the network's outputs;
+    returns the calibration and the warnings a person should see."""
+    fit_logits, fit_targets = temperature_on or (val_logits, val_targets)
+    temperature = fit_temperature(fit_logits, fit_targets)
     projection, prototypes = prototype_space(train_features, train_targets, num_classes)
     calibration = Calibration(
         temperature=temperature, ood_score=score, accept_known=accept_known,
         centroids=class_centroids(train_features, train_targets, num_classes), projection=projection, prototypes=prototypes,
-        fit={**fit_report(val_logits, val_targets, temperature), "val_images": len(val_targets)},
+        fit={**fit_report(fit_logits, fit_targets, temperature), "val_images": len(val_targets),
+             "temperature_on": "val" if temperature_on is None else "val copies"},
     )
     calibration = replace(calibration, standardise=standardisation(val_logits, val_features, calibration))
     calibration, warnings = with_threshold(calibration, ood_scores(val_logits, val_features, calibration)[score].numpy(), accept_known)

@@ -240,7 +240,7 @@ def make_model(config: TrainConfig, num_classes: int, resume: bool, rank: int, w
 def calibrate_best(config: TrainConfig, manifest: Manifest, device: torch.device) -> str:
     """Fit the temperature, the open-set centroids and threshold on ``best.pt`` and store them
     in it; returns the line that reports the fit."""
-    from pipeline.training.calibration import calibrate
+    from pipeline.training.calibration import all_right, calibrate
     from pipeline.training.network import Network
 
     path = Path(config.out) / "best.pt"
@@ -252,18 +252,24 @@ def calibrate_best(config: TrainConfig, manifest: Manifest, device: torch.device
     def run(rows, shrink: float = 1.0):
         return predict_rows(network, rows, root, classes, pre, device, config.batch_size, config.workers, shrink=shrink)
 
-    (logits, features, _), targets = run(manifest.rows(Split.VAL))
+    val = manifest.rows(Split.VAL)
+    (logits, features, _), targets = run(val)
+    temperature_on = None
+    if all_right(logits, targets):  # no error to fit a temperature on: the val images' test-style copies hold some
+        (copy_logits, *_), copy_targets = run(val, SHRUNK_COPIES)
+        temperature_on = (copy_logits, copy_targets)
     train = manifest.rows(Split.TRAIN).group_by("label", maintain_order=True).head(CENTROID_IMAGES_PER_CLASS)
     ((_, full, _), full_targets), ((_, small, _), small_targets) = run(train), run(train, SHRUNK_COPIES)
     train_features, train_targets = torch.cat([full, small]), torch.cat([full_targets, small_targets])
     ckpt.calibration, warnings = calibrate(logits, features, targets, train_features, train_targets, len(classes),
-                                           DEFAULT_SCORE, ACCEPT_KNOWN)
+                                           DEFAULT_SCORE, ACCEPT_KNOWN, temperature_on)
     ckpt.save(path)
     for warning in warnings:
         log.warning(warning)
     c, fit = ckpt.calibration, ckpt.calibration.fit
     threshold = f"{c.ood_threshold:.4g}" if c.ood_threshold is not None else "none"
-    return (f"calibrated best.pt on {fit['val_images']} val images: temperature {c.temperature:.3f}; NLL "
+    copies = " (temperature on their test-style copies: every val image was right)" if temperature_on is not None else ""
+    return (f"calibrated best.pt on {fit['val_images']} val images{copies}: temperature {c.temperature:.3f}; NLL "
             f"{fit['nll_before']:.3f} -> {fit['nll_after']:.3f}, ECE {fit['ece_before']:.3f} -> {fit['ece_after']:.3f}; "
             f"unknown threshold ({c.ood_score}) {threshold}")
 
