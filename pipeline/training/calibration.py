@@ -4,9 +4,10 @@ Temperature scaling (Guo et al., 2017): one scalar T, fitted on the val split by
 negative log-likelihood of ``softmax(logits / T)``; it changes no prediction, only how sure
 each one claims to be. A val split classified without an error has no such minimum (the NLL
 falls as T shrinks, to certainty on every picture, wrong ones included): then T is fitted on
-test-style copies of the val images, which hold errors and look like the real test set. The open-set scores (``network.SCORE_RULES``) are post-hoc rules over
-what the network already computes; what they need from the training and val images (class
-centroids, prototypes, a standardisation) and the threshold of the shipped one are fitted here.
+test-style copies of the val images, which hold errors and look like the real test set. The
+open-set scores (``network.SCORE_RULES``) are post-hoc rules over what the network already
+computes; what they need from the training and val images (class centroids, prototypes, a
+standardisation) and the threshold of the shipped one are fitted here.
 """
 
 from __future__ import annotations
