@@ -2,8 +2,9 @@
 afford in a fixed wall time. One AdamW step on a batch of 32 random images, images per second,
 median of interleaved rounds, in PyTorch's default contiguous (NCHW) layout, which training uses
 on the CPU, and in the channels-last layout (used on CUDA; on the CPU a candidate); as a ratio
-to ResNet18 at 128 px (the from-scratch default) measured in the same rounds. "from 1/N" trains only the layers at 1/N of the input
-resolution or coarser (``--train-from N``: the backward pass skips the early, depthwise-heavy stages).
+to ResNet18 at 128 px (the from-scratch default) measured in the same rounds. "from 1/N" trains
+only the layers at 1/N of the input resolution or coarser (``--train-from N``: the backward pass
+skips the early, depthwise-heavy stages).
 
     .venv/bin/python bench/bench_train_step.py [--rounds 3] [--threads 2]
 """
