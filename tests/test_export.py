@@ -108,9 +108,13 @@ def test_int8_runs_and_agrees_with_fp32(pipeline_run):
     ops = {n.op_type for n in onnx.load(str(pipeline_run["int8"])).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     images = sorted((pipeline_run["data"] / "kaggle_simpson_testset").glob("*.jpg"))
-    fp32 = [p.label for p in Classifier(pipeline_run["onnx"], device="cpu").predict(images)]
-    q = [p.label for p in Classifier(pipeline_run["int8"], device="cpu").predict(images)]
-    assert np.mean(np.array(fp32) == np.array(q)) >= 0.9
+    reference = Classifier(pipeline_run["onnx"], device="cpu")
+    fp32, q = reference.predict(images), Classifier(pipeline_run["int8"], device="cpu").predict(images)
+    assert np.mean([a.top_k[0][0] == b.top_k[0][0] for a, b in zip(fp32, q)]) >= 0.9
+    # The score is a sum of two val z-scores: a picture within 1 of the threshold is a near-tie,
+    # whose verdict quantisation may flip as it may a near-tie's class; every other verdict holds.
+    clear = [(a.unknown, b.unknown) for a, b in zip(fp32, q) if abs(a.ood_score - reference.threshold) > 1.0]
+    assert len(clear) >= len(images) / 2 and all(a == b for a, b in clear), clear
 
 
 def test_fp16_variant(pipeline_run, tmp_path: Path):

@@ -31,7 +31,8 @@ def test_loss_falls_and_checkpoint_loads_as_documented(pipeline_run):
     assert list((pipeline_run["run"]).glob("events.out.tfevents.*"))
     from pipeline.training.calibration import TEMPERATURE_RANGE
 
-    # this easy val split is classified without an error: its test-style copies give the temperature a minimum
+    # this easy val split is classified without an error: the temperature comes from its test-style copies
+    # (their NLL's minimum, or where they too are all right, the rule of succession), not the search's bound
     temperature = ckpt["calibration"]["temperature"]
     assert TEMPERATURE_RANGE[0] * 1.01 < temperature < TEMPERATURE_RANGE[1] / 1.01, ckpt["calibration"]["fit"]
 
@@ -195,7 +196,10 @@ def test_a_flawless_val_split_takes_its_temperature_from_the_images_given():
     features = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
     calibration, _ = calibrate(logits, features, targets, features, targets, 4, "energy", 0.95, temperature_on=(copies, targets))
     assert calibration.temperature == pytest.approx(fit_temperature(copies, targets)) and calibration.temperature > 1.0
-    assert calibration.fit["temperature_on"] == "val copies"
+    assert calibration.fit["temperature_on"] == "val copies" and calibration.fit["temperature_by"] == "nll"
+    # the copies right too: as sure as 40 right answers and none wrong allow, no surer
+    t = fit_temperature(logits, targets)
+    assert 0.05 * 1.01 < t < 20 / 1.01 and torch.softmax(logits / t, 1).amax(1).mean() == pytest.approx(41 / 42, abs=1e-4)
 
 
 def test_threshold_accepts_the_requested_share_or_is_withheld():

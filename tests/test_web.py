@@ -85,9 +85,9 @@ def page(browser, pipeline_run, tmp_path_factory) -> Path:
     return out / "web"
 
 
-def compared(report: dict, images: list[Path], plain: Path) -> tuple[float, float]:
+def compared(report: dict, images: list[Path], plain: Path) -> tuple[float, float, float]:
     """The page's top-1 agreement with the Python runtime's plain model on ``images``, and the
-    largest difference between their probabilities of the same class."""
+    mean and largest difference between their probabilities of the same class."""
     by_name = {r["name"]: r for r in report["results"]}
     python = Classifier(plain, device="cpu").predict(images, top_k=3)
     agree, diffs = [], []
@@ -97,7 +97,7 @@ def compared(report: dict, images: list[Path], plain: Path) -> tuple[float, floa
         agree.append(got["top"][0][0] == expected.top_k[0][0])
         browser_probs = dict(got["top"])
         diffs.append(max(abs(browser_probs[label] - p) for label, p in expected.top_k if label in browser_probs))
-    return float(np.mean(agree)), float(max(diffs))
+    return float(np.mean(agree)), float(np.mean(diffs)), float(max(diffs))
 
 
 def test_page_classifies_like_the_python_runtime(page: Path, pipeline_run, tmp_path: Path):
@@ -118,14 +118,18 @@ def test_page_classifies_like_the_python_runtime(page: Path, pipeline_run, tmp_p
     assert 0 < timings["model_fetched_s"] <= timings["session_created_s"] <= timings["ready_s"] < timings["first_answer_s"], timings
 
     images = files[:-2]
-    agreement, max_diff = compared(report, images, pipeline_run["onnx"])
+    agreement, mean_diff, max_diff = compared(report, images, pipeline_run["onnx"])
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(report["screenshot"], ARTEFACTS / "web-page.png")
     (ARTEFACTS / "web-page.json").write_text(json.dumps(
-        {"images": len(images), "top1_agreement_with_python": agreement, "max_probability_diff": max_diff,
-         "seconds_in_page": report["seconds"]}, indent=1))
-    print(f"browser vs Python runtime on {len(images)} frames: top-1 agreement {agreement:.2%}, max |prob diff| {max_diff:.3g}")
-    assert agreement >= 0.99 and max_diff < 0.05
+        {"images": len(images), "top1_agreement_with_python": agreement, "mean_probability_diff": mean_diff,
+         "max_probability_diff": max_diff, "seconds_in_page": report["seconds"]}, indent=1))
+    print(f"browser vs Python runtime on {len(images)} frames: top-1 agreement {agreement:.2%}, "
+          f"|prob diff| mean {mean_diff:.3g}, max {max_diff:.3g}")
+    # The page scales each picture with the canvas's filter, Python with PIL's: on a 32 px model
+    # that moves a probability by up to about 0.05 (0.005 on average); a wrong crop, channel order
+    # or normalisation moves them all.
+    assert agreement >= 0.99 and mean_diff < 0.01 and max_diff < 0.1
     with Image.open(report["screenshot"]) as shot:
         assert shot.size == (1100, 860)
 
@@ -137,8 +141,8 @@ def test_a_webgpu_without_a_device_falls_back_to_webassembly(page: Path, pipelin
     report = open_page(page, tmp_path, images, "broken", webgpu="broken")
     assert report["error"] is None and report["backend"] == "wasm", report
     assert "WebGPU failed (" in report["note"] and "WebGPU failed" in report["engine"]
-    agreement, max_diff = compared(report, images, pipeline_run["onnx"])
-    assert agreement == 1.0 and max_diff < 0.05
+    agreement, mean_diff, max_diff = compared(report, images, pipeline_run["onnx"])
+    assert agreement == 1.0 and mean_diff < 0.01 and max_diff < 0.1
 
 
 def float_resize(page: Path, out: Path) -> Path:
@@ -178,8 +182,8 @@ def test_page_runs_on_webgpu_where_the_browser_has_it(page: Path, pipeline_run, 
     report = open_page(page, tmp_path, images, "webgpu", webgpu="swiftshader")
     assert report["error"] is None, report
     assert report["backend"] == "webgpu" and report["engine"].startswith("Running on WebGPU"), report
-    agreement, max_diff = compared(report, images, pipeline_run["onnx"])
-    assert agreement == 1.0 and max_diff < 0.05
+    agreement, mean_diff, max_diff = compared(report, images, pipeline_run["onnx"])
+    assert agreement == 1.0 and mean_diff < 0.01 and max_diff < 0.1
 
 
 def test_without_its_service_worker_the_page_still_uses_every_core(page: Path, tmp_path: Path):

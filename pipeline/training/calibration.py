@@ -4,7 +4,9 @@ Temperature scaling (Guo et al., 2017): one scalar T, fitted on the val split by
 negative log-likelihood of ``softmax(logits / T)``; it changes no prediction, only how sure
 each one claims to be. A val split classified without an error has no such minimum (the NLL
 falls as T shrinks, to certainty on every picture, wrong ones included): then T is fitted on
-test-style copies of the val images, which hold errors and look like the real test set. The
+test-style copies of the val images, which hold errors and look like the real test set; where
+those too are all right, T makes the mean top-1 probability (n + 1) / (n + 2), Laplace's rule
+of succession for n right answers and none wrong. The
 open-set scores (``network.SCORE_RULES``) are post-hoc rules over what the network already
 computes; what they need from the training and val images (class centroids, prototypes, a
 standardisation) and the threshold of the shipped one are fitted here.
@@ -40,8 +42,11 @@ def all_right(logits: torch.Tensor, targets: torch.Tensor) -> bool:
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """The T in ``TEMPERATURE_RANGE`` minimising val NLL: a golden-section search on log T
-    (the NLL is unimodal in it), exact to 1e-4 and free of an optimiser's step size."""
+    """The T in ``TEMPERATURE_RANGE`` minimising the NLL: a golden-section search on log T (the
+    NLL is unimodal in it), exact to 1e-4 and free of an optimiser's step size. Without an
+    error the NLL has no minimum; then ``succession_temperature``."""
+    if all_right(logits, targets):
+        return succession_temperature(logits)
     logits, targets = logits.double(), targets.long()
 
     def nll(log_t: float) -> float:
@@ -59,6 +64,22 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
             fb = nll(b)
+    return math.exp((lo + hi) / 2)
+
+
+def succession_temperature(logits: torch.Tensor) -> float:
+    """The T in ``TEMPERATURE_RANGE`` at which the mean top-1 probability of n pictures, all
+    classified right, is (n + 1) / (n + 2): as sure as n right answers and none wrong allow,
+    no surer. A bisection on log T (the top-1 probability falls as T grows), exact to 1e-4."""
+    logits, target = logits.double(), (len(logits) + 1) / (len(logits) + 2)
+
+    def confidence(log_t: float) -> float:
+        return float(torch.softmax(logits / math.exp(log_t), dim=1).amax(1).mean())
+
+    lo, hi = math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])
+    while hi - lo > 1e-4:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if confidence(mid) > target else (lo, mid)
     return math.exp((lo + hi) / 2)
 
 
@@ -117,13 +138,14 @@ def calibrate(
         temperature=temperature, ood_score=score, accept_known=accept_known,
         centroids=class_centroids(train_features, train_targets, num_classes), projection=projection, prototypes=prototypes,
         fit={**fit_report(fit_logits, fit_targets, temperature), "val_images": len(val_targets),
-             "temperature_on": "val" if temperature_on is None else "val copies"},
+             "temperature_on": "val" if temperature_on is None else "val copies",
+             "temperature_by": "rule of succession" if all_right(fit_logits, fit_targets) else "nll"},
     )
     calibration = replace(calibration, standardise=standardisation(val_logits, val_features, calibration))
     calibration, warnings = with_threshold(calibration, ood_scores(val_logits, val_features, calibration)[score].numpy(), accept_known)
     if not TEMPERATURE_RANGE[0] * 1.01 < temperature < TEMPERATURE_RANGE[1] / 1.01:
-        warnings.append(f"the temperature reached its bound ({temperature:.3g}): the val split is too small or too easy "
-                        "to calibrate on (every image right, or wrong), so confidences stay uncertain")
+        warnings.append(f"the temperature reached its bound ({temperature:.3g}): the val split is too small or too hard "
+                        "to calibrate on (every image wrong, say), so confidences stay uncertain")
     return calibration, warnings
 
 

@@ -268,7 +268,10 @@ def calibrate_best(config: TrainConfig, manifest: Manifest, device: torch.device
         log.warning(warning)
     c, fit = ckpt.calibration, ckpt.calibration.fit
     threshold = f"{c.ood_threshold:.4g}" if c.ood_threshold is not None else "none"
-    copies = " (temperature on their test-style copies: every val image was right)" if temperature_on is not None else ""
+    copies = "" if temperature_on is None else {
+        "nll": " (temperature on their test-style copies: every val image was right)",
+        "rule of succession": " (temperature by the rule of succession: every val image and its test-style copy was right)",
+    }[fit["temperature_by"]]
     return (f"calibrated best.pt on {fit['val_images']} val images{copies}: temperature {c.temperature:.3f}; NLL "
             f"{fit['nll_before']:.3f} -> {fit['nll_after']:.3f}, ECE {fit['ece_before']:.3f} -> {fit['ece_after']:.3f}; "
             f"unknown threshold ({c.ood_score}) {threshold}")
