@@ -2,7 +2,7 @@
 
 On a machine with CUDA, in a few minutes, on a small ``simpsons synth`` set it runs the real
 paths and prints one table: ResNet50 at 224 px for 2 epochs with AMP bf16, and fp16 with the
-grad scaler; channels_last (always on CUDA); ``--compile``; ``--balance loss`` and
+grad scaler; channels_last (always); ``--compile``; ``--balance loss`` and
 ``--balance sampler``; ``torchrun --nproc_per_node 1`` (nccl); ``--resume``; export fp32, fp16
 and int8; ``simpsons-infer --device cuda`` on each model with its top-1 agreement against the
 CPU run (>= 99%) and images per second. Exits non-zero if any step fails. Without CUDA it says

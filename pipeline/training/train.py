@@ -27,7 +27,7 @@ from pipeline.engine.schema import Split
 from pipeline.training import datasets
 from pipeline.training.checkpoint import DEFAULT_SCORE, Calibration, Checkpoint, save_tensors
 from pipeline.training.config import TrainConfig, eval_size, resolve
-from pipeline.training.inference import amp_dtype, eval_loader, loader_workers, pick_device, predict, predict_rows
+from pipeline.training.inference import amp_dtype, eval_loader, loader_workers, on_device, pick_device, predict, predict_rows
 from pipeline.writers import write_json
 from pipeline.training.model import build_model, freeze_finer_than, pretrained_normalisation, train_mode
 from runtime.errors import SimpsonsError
@@ -143,9 +143,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, dtyp
     for images, targets in progress(loader, len(loader), desc):
         if mixer is not None:
             images, targets = mixer(images, targets)
-        images = images.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = criterion(model(images), targets)
@@ -348,9 +346,7 @@ def _train(config: TrainConfig, resume: bool, rank: int, world: int, local_rank:
     pre = Preprocessing.for_size(eval_size(config), mean, std, config.crop_fraction)
     train_loader, val_loader, targets = load_data(config, manifest, pre, rank, world, pin=device.type == "cuda")
 
-    model = make_model(config, len(classes), resume, rank, world).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = on_device(make_model(config, len(classes), resume, rank, world), device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema > 0 else None
     weight = datasets.class_weights(targets, len(classes)) if config.balance == "loss" else None
     criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), label_smoothing=config.label_smoothing)
@@ -446,7 +442,7 @@ def average_best(best_epochs: BestEpochs, best: dict, config: TrainConfig, class
     state = best_epochs.average()
     if state is None:
         return best
-    model = build_model(config.arch, len(classes), "none").to(device)
+    model = on_device(build_model(config.arch, len(classes), "none"), device)
     model.load_state_dict(state)
     report = evaluate(model, criterion, val_loader, device, dtype, classes)
     f1 = report["macro avg"]["f1"]
