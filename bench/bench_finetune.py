@@ -46,6 +46,7 @@ ROWS = {  # in order of priority: a lent machine's deadline cuts the last
     "backbone-1-size-160": {"backbone_lr": 1.0, "image_size": 160},
     "backbone-1-aug-none": {"backbone_lr": 1.0, "augment": "none"},
     "backbone-1-size-160-aug-none": {"backbone_lr": 1.0, "image_size": 160, "augment": "none"},
+    "backbone-1-size-224": {"backbone_lr": 1.0, "image_size": 224},
     "backbone-1-downscale-off": {"backbone_lr": 1.0, "downscale": 1.0},
     "backbone-1-16ep": {"backbone_lr": 1.0, "epochs": 16},
     "backbone-1-6ep-downscale-off": {"backbone_lr": 1.0, "epochs": 6, "downscale": 1.0},  # the from-scratch default's wall time
