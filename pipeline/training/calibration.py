@@ -6,10 +6,10 @@ each one claims to be. A val split classified without an error has no such minim
 falls as T shrinks, to certainty on every picture, wrong ones included): then T is fitted on
 test-style copies of the val images, which hold errors and look like the real test set; where
 those too are all right, T makes the mean top-1 probability (n + 1) / (n + 2), Laplace's rule
-of succession for n right answers and none wrong. The
-open-set scores (``network.SCORE_RULES``) are post-hoc rules over what the network already
-computes; what they need from the training and val images (class centroids, prototypes, a
-standardisation) and the threshold of the shipped one are fitted here.
+of succession for n right answers and none wrong. The open-set scores (``network.SCORE_RULES``)
+are post-hoc rules over what the network already computes; what they need from the training and
+val images (class centroids, prototypes, a standardisation) and the threshold of the shipped one
+are fitted here.
 """
 
 from __future__ import annotations
