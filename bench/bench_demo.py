@@ -70,5 +70,6 @@ def main() -> None:
 def scores(aurocs: dict[str, float], shipped: str) -> str:
     return ", ".join(f"**{k} {a:.3f}**" if k == shipped else f"{k} {a:.3f}" for k, a in aurocs.items())
 
+
 if __name__ == "__main__":
     main()
