@@ -45,27 +45,27 @@ def main() -> None:
     if not (work / "out" / "manifest.parquet").is_file():
         simpsons("synth", work / "data", *SYNTH)
         simpsons("manifest", work / "data", "--out", work / "out", "--no-plots")
+    manifest = work / "out" / "manifest.parquet"
     print("| start | seed | train time | test macro-F1 | unknown AUROC per score (shipped in bold) |\n|---|---|---|---|---|")
-    runs: dict[str, list[tuple[float, float, dict[str, float], str]]] = {name: [] for name in args.starts}
+    runs: dict[str, list[dict]] = {name: [] for name in args.starts}
     for seed in args.seeds:
         for name in args.starts:
             run = work / (name if seed == 0 else f"{name}-seed{seed}")
-            seconds = simpsons("train", "--manifest", work / "out" / "manifest.parquet", "--out", run, *STARTS[name], "--seed", seed)
-            simpsons("evaluate", "--checkpoint", run / "best.pt", "--manifest", work / "out" / "manifest.parquet",
-                     "--out", run.with_name(f"{run.name}-eval"), "--unknown", work / "data" / "unknown")
-            report = json.loads((run.with_name(f"{run.name}-eval") / "report.json").read_text())
-            unknown = report["unknown"]
-            aurocs = {k: s["auroc"] for k, s in unknown["scores"].items()}
-            runs[name].append((seconds, report["macro avg"]["f1"], aurocs, unknown["shipped"]))
-            print(f"| {name} | {seed} | {seconds:.0f} s | {report['macro avg']['f1']:.3f} | {scores(aurocs, unknown['shipped'])} |",
-                  flush=True)
+            evaluated = work / f"{run.name}-eval"
+            seconds = simpsons("train", "--manifest", manifest, "--out", run, *STARTS[name], "--seed", seed)
+            simpsons("evaluate", "--checkpoint", run / "best.pt", "--manifest", manifest, "--out", evaluated,
+                     "--unknown", work / "data" / "unknown")
+            report = json.loads((evaluated / "report.json").read_text())
+            done = {"seconds": seconds, "f1": report["macro avg"]["f1"], "shipped": report["unknown"]["shipped"],
+                    "aurocs": {k: s["auroc"] for k, s in report["unknown"]["scores"].items()}}
+            runs[name].append(done)
+            print(f"| {name} | {seed} | {seconds:.0f} s | {done['f1']:.3f} | {scores(done['aurocs'], done['shipped'])} |", flush=True)
     if len(args.seeds) > 1:
         for name, done in runs.items():
-            means = {k: statistics.mean(r[2][k] for r in done) for k in done[0][2]}
-            print(f"| {name} | mean of {len(done)} | {statistics.mean(r[0] for r in done):.0f} s | "
-                  f"{statistics.mean(r[1] for r in done):.3f} ({min(r[1] for r in done):.3f}-{max(r[1] for r in done):.3f}) | "
-                  f"{scores(means, done[0][3])} |")
-
+            f1 = [r["f1"] for r in done]
+            means = {k: statistics.mean(r["aurocs"][k] for r in done) for k in done[0]["aurocs"]}
+            print(f"| {name} | mean of {len(done)} | {statistics.mean(r['seconds'] for r in done):.0f} s | "
+                  f"{statistics.mean(f1):.3f} ({min(f1):.3f}-{max(f1):.3f}) | {scores(means, done[0]['shipped'])} |")
 
 def scores(aurocs: dict[str, float], shipped: str) -> str:
     return ", ".join(f"**{k} {a:.3f}**" if k == shipped else f"{k} {a:.3f}" for k, a in aurocs.items())
